@@ -1,0 +1,48 @@
+"""Prompt pieces cut from chat templates, and the per-word tokenization rule."""
+
+from __future__ import annotations
+
+from vllm_exposst.prompts import build_prompt
+
+
+def test_pieces_come_from_the_chat_template(tiny_llama):
+    _, tokenizer, template = tiny_llama
+    source = "a man walks in the park"
+    messages = [
+        {"role": "user", "content": f"Translate the following English text into German.\n{source}"}
+    ]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(template.offline_prompt(source)) == rendered
+    assert tokenizer.decode(list(template.header_ids)) == "<|im_end|>\n<|im_start|>assistant\n"
+    assert template.stop_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_system_prompt_goes_into_the_prefix(tiny_llama):
+    _, tokenizer, _ = tiny_llama
+    template = build_prompt(tokenizer, "German", "French", system_prompt="Be brief.")
+    prefix = tokenizer.decode(list(template.prefix_ids))
+    assert prefix.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+    assert "German text into French" in prefix
+
+
+def test_plain_fallback_without_chat_template(tiny_llama):
+    _, tokenizer, _ = tiny_llama
+    template_text, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        template = build_prompt(tokenizer, "English", "German")
+    finally:
+        tokenizer.chat_template = template_text
+    assert tokenizer.decode(list(template.prefix_ids)).endswith("German.\nEnglish:\n")
+    assert tokenizer.decode(list(template.header_ids)) == "\nGerman:\n"
+    assert template.stop_id == tokenizer.eos_token_id
+
+
+def test_word_tokens_rebuild_the_text_and_mark_word_starts(tiny_llama):
+    _, tokenizer, template = tiny_llama
+    text = "two dogs play with a red ball"
+    words = template.words_ids(text)
+    assert len(words) == 7
+    assert tokenizer.decode([t for w in words for t in w]) == text
+    for i, word in enumerate(words):
+        assert template.word_start[word[0]] == (i > 0)
+        assert not any(template.word_start[t] for t in word[1:])

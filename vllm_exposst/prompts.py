@@ -1,0 +1,127 @@
+"""Prompt pieces around the source and target, from any Hugging Face chat template.
+
+The prompt of a session is ``[prefix][source words][header][target words]<stop>``.
+The prefix holds the system prompt (if the template adds one), the opening of the
+user turn and the instruction; the header closes the user turn and opens the
+assistant turn.  Both are cut out of the template's own rendering around a
+sentinel, so every chat model works without per-model code.
+
+Tokenization rule (identical in training, inference and evaluation): text is split
+on whitespace; word ``i`` is tokenized on its own as ``word`` when ``i == 0`` and as
+``" " + word`` otherwise; prefix and header are tokenized on their own.  A generated
+token *starts a new word* when its text begins with whitespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+SENTINEL = "\u2063EXPOSST_SOURCE\u2063"
+DEFAULT_INSTRUCTION = "Translate the following {source_lang} text into {target_lang}."
+_WORD_START_MARKS = ("Ġ", "▁", "Ċ", " ", "\n", "\t")
+
+
+def split_words(text: str) -> list[str]:
+    """Whitespace-separated words, the unit SimulEval sends and scores."""
+    return text.split()
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Token ids of the fixed prompt pieces and the per-word tokenization rule."""
+
+    tokenizer: Any = field(repr=False, compare=False)
+    prefix_ids: tuple[int, ...]
+    header_ids: tuple[int, ...]
+    stop_id: int
+    source_lang: str
+    target_lang: str
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.prefix_ids)
+
+    @property
+    def header_len(self) -> int:
+        return len(self.header_ids)
+
+    def word_ids(self, word: str, index: int) -> list[int]:
+        """Tokens of the ``index``-th word of a source or target text."""
+        text = word if index == 0 else " " + word
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def words_ids(self, text: str | list[str]) -> list[list[int]]:
+        """Tokens of every word of a text, one list per word."""
+        words = split_words(text) if isinstance(text, str) else list(text)
+        return [self.word_ids(word, i) for i, word in enumerate(words)]
+
+    def offline_prompt(self, source: str | list[str]) -> list[int]:
+        """The ordinary full-sentence prompt: prefix, all source words, header."""
+        source_ids = [t for word in self.words_ids(source) for t in word]
+        return [*self.prefix_ids, *source_ids, *self.header_ids]
+
+    @cached_property
+    def word_start(self) -> list[bool]:
+        """Per vocabulary id: does this token begin a new word?"""
+        size = len(self.tokenizer)
+        pieces = self.tokenizer.convert_ids_to_tokens(list(range(size)))
+        return [bool(p) and p.startswith(_WORD_START_MARKS) for p in pieces]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def _split_at_sentinel(rendered: str) -> tuple[str, str]:
+    if rendered.count(SENTINEL) != 1:
+        raise ValueError("the chat template does not render the user message verbatim")
+    before, after = rendered.split(SENTINEL)
+    return before, after
+
+
+def build_prompt(
+    tokenizer: Any,
+    source_lang: str = "English",
+    target_lang: str = "German",
+    *,
+    system_prompt: str | None = None,
+    instruction: str = DEFAULT_INSTRUCTION,
+) -> PromptTemplate:
+    """Cut prefix, header and stop token out of the tokenizer's chat template.
+
+    Tokenizers without a chat template get a plain layout:
+    ``"<instruction>\\n<source_lang>:\\n"`` ... ``"\\n<target_lang>:\\n"`` and the
+    tokenizer's end-of-sentence token as stop.
+    """
+    text = instruction.format(source_lang=source_lang, target_lang=target_lang)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        user = {"role": "user", "content": f"{text}\n{SENTINEL}"}
+        prefix, header = _split_at_sentinel(_render(tokenizer, [*messages, user], True))
+        turn = {"role": "assistant", "content": SENTINEL}
+        full = _render(tokenizer, [*messages, {**user, "content": "x"}, turn], False)
+        end_of_turn = _split_at_sentinel(full)[1]
+        stop_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
+        stop_id = stop_ids[0] if stop_ids else tokenizer.eos_token_id
+    else:
+        system = f"{system_prompt}\n" if system_prompt else ""
+        prefix = f"{system}{text}\n{source_lang}:\n"
+        header = f"\n{target_lang}:\n"
+        stop_id = tokenizer.eos_token_id
+    if stop_id is None:
+        raise ValueError("the tokenizer has neither an end-of-turn token nor an eos_token")
+    return PromptTemplate(
+        tokenizer=tokenizer,
+        prefix_ids=tuple(tokenizer.encode(prefix, add_special_tokens=False)),
+        header_ids=tuple(tokenizer.encode(header, add_special_tokens=False)),
+        stop_id=stop_id,
+        source_lang=source_lang,
+        target_lang=target_lang,
+    )

@@ -1,0 +1,136 @@
+"""Training examples in the exact layout a session sees at inference (design section 4).
+
+The policy is run with the reference target as if it were the model's output; the
+resulting events fix the token order (physical order) and, through
+:mod:`vllm_exposst.layout`, the position ids.  Labels cover target tokens and the
+stop token; HF-style, ``labels[i]`` is predicted from token ``i - 1`` in event order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .layout import READ, WRITE, Event, allocate_mode
+from .policies import Policy, PolicyState, parse_policy
+from .prompts import PromptTemplate
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One sequence in physical order, with what each token is."""
+
+    input_ids: list[int]
+    position_ids: list[int]
+    labels: list[int]
+    kinds: list[str]  # "prefix", "source", "header", "target" or "stop", per token
+    events: list[Event]  # token-level events after the prefix, header not counted
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def units(words: list[list[int]], unit: str) -> list[list[int]]:
+    """Group word tokens into policy units: whole words, or single tokens."""
+    if unit == "word":
+        return [list(word) for word in words]
+    return [[token] for word in words for token in word]
+
+
+def policy_events(
+    policy: Policy, source_units: list[list[int]], target_units: list[list[int]]
+) -> Iterator[tuple[str, list[int]]]:
+    """Run ``policy`` with a known target: yields ``(kind, unit tokens)`` in event order.
+
+    A WRITE when the target is complete but the source is not becomes a READ: at
+    inference the model's stop token before the end of the source means READ.
+    """
+    if policy.needs_confidence:
+        raise ValueError(f"policy {policy.spec} needs model confidence; it has no training layout")
+    read = written = 0
+    while read < len(source_units) or written < len(target_units):
+        state = PolicyState(read, written, source_done=read == len(source_units))
+        action = policy.decide(state)
+        if action == WRITE and written == len(target_units):
+            action = READ
+        if action == READ:
+            yield READ, source_units[read]
+            read += 1
+        else:
+            yield WRITE, target_units[written]
+            written += 1
+
+
+def build_example(
+    template: PromptTemplate,
+    source: str | list[str],
+    target: str | list[str],
+    policy: Policy | str,
+    *,
+    mode: str = "exposst",
+    slot_len: int = 8,
+    max_position: int | None = None,
+) -> TrainingExample:
+    """Input ids, position ids and labels of one pair under a policy and layout mode.
+
+    ``exposst`` and ``shift`` keep the policy's event order (they differ in positions
+    only); ``offline`` is the ordinary prompt (all source, then the target).
+    """
+    policy = parse_policy(policy)
+    source_words, target_words = template.words_ids(source), template.words_ids(target)
+    if not source_words or not target_words:
+        raise ValueError("a training pair needs a non-empty source and target")
+    if mode == "offline":
+        flat_source = [t for word in source_words for t in word]
+        flat_target = [t for word in target_words for t in word]
+        steps = [(READ, flat_source), (WRITE, flat_target)]
+    else:
+        steps = list(
+            policy_events(
+                policy, units(source_words, policy.unit), units(target_words, policy.unit)
+            )
+        )
+    steps.append((WRITE, [template.stop_id]))
+
+    ids, kinds = list(template.prefix_ids), ["prefix"] * template.prefix_len
+    header_done = False
+    for kind, tokens in steps:
+        if kind == WRITE and not header_done:
+            ids += template.header_ids
+            kinds += ["header"] * template.header_len
+            header_done = True
+        ids += tokens
+        kinds += ["source" if kind == READ else "target"] * len(tokens)
+    kinds[-1] = "stop"
+    events = [(kind, len(tokens)) for kind, tokens in steps]
+    positions = allocate_mode(
+        mode,
+        events,
+        prefix_len=template.prefix_len,
+        header_len=template.header_len,
+        slot_len=slot_len,
+        max_position=max_position,
+    )
+    labels = [t if k in ("target", "stop") else IGNORE_INDEX for t, k in zip(ids, kinds)]
+    return TrainingExample(ids, positions, labels, kinds, events)
+
+
+def fixed_layout_order(example: TrainingExample) -> list[int]:
+    """Indices of the example's tokens in fixed order: prefix, source, header, target, stop."""
+    rank = {"prefix": 0, "source": 1, "header": 2, "target": 3, "stop": 3}
+    return sorted(range(len(example)), key=lambda i: (rank[example.kinds[i]], i))
+
+
+def fixed_layout_mask(example: TrainingExample, order: list[int]) -> torch.Tensor:
+    """Boolean ``[n, n]`` mask for the fixed layout: row attends column iff it came no later.
+
+    This is the policy-consistent attention mask of the paper's Figure 2 (right): the
+    same visibility as causal attention over event order, written for tokens sorted
+    by role.  Used as a cross-check of the event-order form.
+    """
+    physical = torch.tensor(order)
+    return physical[None, :] <= physical[:, None]
