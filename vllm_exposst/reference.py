@@ -70,7 +70,7 @@ class ReferenceDecoder:
         mode: str = "exposst",
         slot_len: int = 8,
         max_word_tokens: int = 16,
-        max_target_tokens: int = 256,
+        max_target_tokens: int | None = None,
         max_position: int | None = None,
         record_logprobs: bool = False,
     ) -> None:
@@ -81,6 +81,10 @@ class ReferenceDecoder:
         self.max_word_tokens, self.max_target_tokens = max_word_tokens, max_target_tokens
         self.max_position = max_position or getattr(model.config, "max_position_embeddings", None)
         self.record_logprobs = record_logprobs
+
+    def target_limit(self, source_tokens: int) -> int:
+        """Most target tokens for a source: ``max_target_tokens``, else twice the source + 16."""
+        return self.max_target_tokens or 2 * source_tokens + 16
 
     def translate(
         self, source: str | list[str], policy: Policy | str, *, force_target: str | None = None
@@ -99,6 +103,7 @@ class _Run:
         self.d, self.policy, t = decoder, policy, decoder.template
         self.source_units = units(t.words_ids(source), policy.unit)
         self.unit_word = self._unit_to_word(t.words_ids(source), policy.unit)
+        self.limit = decoder.target_limit(sum(len(u) for u in self.source_units))
         self.forced = [tok for w in t.words_ids(force) for tok in w] if force is not None else None
         self.cache = self._new_cache()
         self.allocator = make_allocator(
@@ -196,7 +201,7 @@ class _Run:
     def _write_unit(self) -> list[int]:
         tokens: list[int] = []
         t = self.d.template
-        while len(self.target_ids) < self.d.max_target_tokens:
+        while len(self.target_ids) < self.limit:
             if not self.header_done:
                 positions = self._write_position()
                 self._enqueue(list(t.header_ids), positions[:-1])
@@ -225,7 +230,7 @@ class _Run:
 
     def _finished(self, action: str, source_done: bool) -> tuple[bool, str]:
         """Is the sentence over, and what does the decision really become?"""
-        if len(self.target_ids) >= self.d.max_target_tokens:
+        if len(self.target_ids) >= self.limit:
             return True, action
         if action == WRITE and self.header_done and self._peek()[0] == self.d.template.stop_id:
             if source_done and self.d.record_logprobs:

