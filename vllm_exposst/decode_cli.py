@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             result = decoder.translate(source, use)
             source_read = sum(n for kind, n in result.events if kind == "R")
             minimum = template.prefix_len + source_read + template.header_len
+            source_tokens = sum(len(w) for w in template.words_ids(source))
             records.append(
                 {
                     "mode": mode,
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "delays": result.delays,
                     "tokens_computed": result.tokens_computed,
                     "tokens_minimum": minimum + len(result.target_ids),
+                    # cut at the target cap: the last target token was never needed
+                    "truncated": len(result.target_ids) >= decoder.target_limit(source_tokens),
                     "seconds": round(time.perf_counter() - start, 3),
                 }
             )

@@ -65,12 +65,16 @@ class PromptTemplate:
     @cached_property
     def word_start(self) -> list[bool]:
         """Per vocabulary id: does this token begin a new word?"""
-        size = len(self.tokenizer)
-        pieces = self.tokenizer.convert_ids_to_tokens(list(range(size)))
-        return [bool(p) and p.startswith(_WORD_START_MARKS) for p in pieces]
+        return word_start_table(self.tokenizer)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def word_start_table(tokenizer: Any) -> list[bool]:
+    """Per vocabulary id: does the token's text begin with whitespace (a new word)?"""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return [bool(p) and p.startswith(_WORD_START_MARKS) for p in pieces]
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:

@@ -40,9 +40,9 @@ class DecodeResult:
     text: str
     delays: list[int]  # per whitespace word of ``text``: source words read when it was written
     target_ids: list[int]
-    tokens_computed: int
+    tokens_computed: int  # tokens actually run through the model
     logprobs: list[float]  # log-probability of each target token when it was chosen
-    fed_ids: list[int] = field(repr=False)  # every token fed to the model, in order
+    fed_ids: list[int] = field(repr=False)  # every token given to the model, in order
     fed_positions: list[int] = field(repr=False)
     events: list[Event] = field(repr=False)  # token-level events after the prefix
     step_logprobs: list[torch.Tensor] = field(default_factory=list, repr=False)
@@ -262,7 +262,7 @@ class _Run:
             text=t.decode(self.target_ids),
             delays=word_delays(t, groups),
             target_ids=self.target_ids,
-            tokens_computed=len(self.fed_ids) + len(self.queue_ids),
+            tokens_computed=len(self.fed_ids),
             logprobs=self.logprobs,
             fed_ids=self.fed_ids + self.queue_ids,
             fed_positions=self.fed_pos + self.queue_pos,

