@@ -31,3 +31,55 @@ def tiny_llama(model_cache):
 def random_sentence(rng: random.Random, words: tuple[str, ...] | list[str], low=1, high=10) -> str:
     """A made-up sentence from the tiny tokenizer's word list."""
     return " ".join(rng.choice(words) for _ in range(rng.randint(low, high)))
+
+
+class EngineLoop:
+    """An asyncio loop in a thread: engines live on it across the tests of a module."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 300):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def engine_loop():
+    loop = EngineLoop()
+    yield loop
+    loop.close()
+
+
+def start_engine(engine_loop: EngineLoop, path, **kwargs):
+    """A :class:`SimulEngine` on a tiny checkpoint: float32, eager, small KV cache."""
+    import os
+
+    from vllm_exposst.engine import SimulEngine
+
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    options = dict(
+        model=str(path),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=1024,
+        max_num_seqs=32,
+        disable_log_stats=True,
+        seed=0,
+    )
+    options.update(kwargs)
+
+    async def start():
+        return SimulEngine.from_engine_args(**options)
+
+    return engine_loop.run(start())

@@ -94,6 +94,7 @@ class SessionResult:
     logprobs: list[float]
     tokens_sent: int  # tokens the session asked the engine to compute (client count)
     source_words: int
+    source_tokens_read: int
     request_ids: list[str]
 
 
@@ -637,5 +638,6 @@ class _Decoder:
             logprobs=self.logprobs,
             tokens_sent=s.tokens_sent,
             source_words=s._source_words,
+            source_tokens_read=len(self.source_ids),
             request_ids=list(s.request_ids),
         )

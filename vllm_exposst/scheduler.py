@@ -6,7 +6,7 @@ entry.  On top of the base scheduler this class
 * ends a WRITE turn at a word boundary: a sampled token that starts a new word (from
   the ``word_stop_after``-th output token of the turn on) stops the turn, so that
   token is the lookahead vLLM drops at the end of a streaming turn;
-* queues a session that just received source at the front of the waiting queue;
+* keeps room in each step for sessions that just received source;
 * counts, per session, the tokens it really computed (recomputation included) and
   exposes them with the block counts through :meth:`exposst_stats`.
 
@@ -84,17 +84,34 @@ class ExposstScheduler(Scheduler):
                 return new_token_ids, True
         return new_token_ids, False
 
-    # -- priority for sessions with new source --------------------------------
-    def _enqueue_waiting_request(self, request) -> None:
-        if exposst_args(request.sampling_params) and self._holds_kv_blocks(request):
-            if not self._is_blocked_waiting_status(request.status):
-                self.kv_holding_waiting.prepend_request(request)
-                return
-        super()._enqueue_waiting_request(request)
+    # -- accounting and priority for sessions with new source -----------------
+    def _waiting_session_tokens(self) -> int:
+        """New tokens of sessions that hold KV blocks and wait to be scheduled."""
+        return sum(
+            r.num_tokens - r.num_computed_tokens
+            for r in self.kv_holding_waiting
+            if exposst_args(r.sampling_params) is not None
+        )
 
-    # -- accounting -----------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any):
-        output = super().schedule(*args, **kwargs)
+        """vLLM's step, with room kept for sessions that just received source.
+
+        vLLM schedules running requests first; a long ordinary prefill could take
+        the whole token budget.  While sessions wait with new tokens, running
+        prefills are capped (``long_prefill_token_threshold``) so that the session
+        chunks fit in the same step.  vLLM itself already drains KV-holding waiting
+        requests (paused sessions) before new ones.
+        """
+        config = self.scheduler_config
+        saved = config.long_prefill_token_threshold
+        reserve = self._waiting_session_tokens()
+        if reserve:
+            cap = max(1, self.max_num_scheduled_tokens - reserve)
+            config.long_prefill_token_threshold = min(saved, cap) if saved else cap
+        try:
+            output = super().schedule(*args, **kwargs)
+        finally:
+            config.long_prefill_token_threshold = saved
         for req_id, count in output.num_scheduled_tokens.items():
             request = self.requests.get(req_id)
             if request is not None and exposst_args(request.sampling_params) is not None:

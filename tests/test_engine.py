@@ -1,0 +1,271 @@
+"""The vLLM integration: real engine, tiny models, float32, eager.
+
+Every session is checked against the transformers reference decoder run on the
+same checkpoint with the same policy, slot length and target cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from vllm_exposst import models
+from vllm_exposst.engine import SessionConfig, SessionError, SessionRejected, SimulEngine
+from vllm_exposst.models import ENGLISH_WORDS
+from vllm_exposst.prompts import build_prompt
+from vllm_exposst.reference import ReferenceDecoder
+
+from .conftest import random_sentence, start_engine
+
+pytestmark = pytest.mark.engine
+CAP = 24
+POLICIES = ["wait-1", "wait-3", "wait-5", "read-2/write-1", "adaptive-0.05", "token-wait-3"]
+LONG_SYSTEM_PROMPT = " ".join(["You translate captions for a live audience, word by word."] * 12)
+
+
+def jobs(seed: int, count: int = 16, **config) -> list[tuple[str, SessionConfig]]:
+    """Mixed policies and lengths; slot lengths from 2 so first READs overflow a slot."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        source = random_sentence(rng, ENGLISH_WORDS, 2, 14)
+        policy = POLICIES[i % len(POLICIES)]
+        out.append(
+            (source, SessionConfig(policy=policy, slot_len=rng.randint(2, 6),
+                                   max_target_tokens=CAP, **config))
+        )
+    return out
+
+
+def reference(model, template, source: str, config: SessionConfig):
+    """The transformers oracle; offline is the recompute decoder reading everything first."""
+    offline = config.mode == "offline"
+    decoder = ReferenceDecoder(
+        model, template, mode="recompute" if offline else config.mode,
+        slot_len=config.slot_len, max_target_tokens=config.max_target_tokens,
+    )
+    return decoder.translate(source, "offline" if offline else config.policy)
+
+
+def assert_matches_reference(model, template, job, result):
+    source, config = job
+    ref = reference(model, template, source, config)
+    assert result.target_ids == ref.target_ids, (source, config)
+    assert result.delays == ref.delays
+    diff = max((abs(a - b) for a, b in zip(result.logprobs, ref.logprobs)), default=0.0)
+    assert diff <= 1e-4, (source, config.policy, diff)
+
+
+def run_all(loop, engine: SimulEngine, batch):
+    async def go():
+        return await asyncio.gather(
+            *[engine.translate(source, config=config) for source, config in batch]
+        )
+
+    return loop.run(go())
+
+
+def template_for(tokenizer, config: SessionConfig):
+    return build_prompt(tokenizer, config.source_lang, config.target_lang,
+                        system_prompt=config.system_prompt)
+
+
+@pytest.fixture(scope="module", params=models.TINY_ARCHS)
+def served(request, engine_loop, model_cache):
+    """An engine per architecture (LoRA on for Llama), and the same checkpoint in transformers."""
+    path = models.tiny_model(request.param, model_cache)
+    extra = {}
+    if request.param == "llama":
+        extra = dict(enable_lora=True, max_lora_rank=8, max_loras=2)
+    engine = start_engine(engine_loop, path, **extra)
+    model, tokenizer = models.load(path)
+    yield request.param, engine, model, tokenizer, path
+    engine.shutdown()
+
+
+def test_sixteen_concurrent_sessions_equal_the_reference_decoder(served, engine_loop):
+    _, engine, model, tokenizer, _ = served
+    batch = jobs(seed=11)
+    results = run_all(engine_loop, engine, batch)
+    template = template_for(tokenizer, batch[0][1])
+    for job, result in zip(batch, results):
+        assert_matches_reference(model, template, job, result)
+
+
+def test_tokens_computed_are_prefix_header_source_and_target(served, engine_loop):
+    _, engine, model, tokenizer, _ = served
+    batch = jobs(seed=12, count=8)
+    results = run_all(engine_loop, engine, batch)
+    template = template_for(tokenizer, batch[0][1])
+    counts = engine_loop.run(engine.stats())["tokens_computed"]
+    for (source, config), result in zip(batch, results):
+        (request_id,) = result.request_ids
+        source_tokens = sum(len(w) for w in template.words_ids(source))
+        # a session cut at the target cap may stop before the end of the source
+        assert result.source_tokens_read == source_tokens or len(result.target_ids) == CAP
+        minimum = template.prefix_len + template.header_len + result.source_tokens_read
+        minimum += len(result.target_ids)
+        # a token-level session cut at the cap never needs its last written token
+        unsent = int(config.policy.startswith("token") and len(result.target_ids) == CAP)
+        assert counts[request_id] == minimum - unsent == result.tokens_sent, config.policy
+
+
+def test_baseline_modes_run_in_the_same_engine(served, engine_loop):
+    _, engine, model, tokenizer, _ = served
+    source = "two people walk near the old house with a big black dog"
+    batch = [
+        (source, SessionConfig(policy="wait-2", mode=mode, max_target_tokens=CAP))
+        for mode in ("shift", "recompute", "offline")
+    ]
+    results = run_all(engine_loop, engine, batch)
+    template = template_for(tokenizer, batch[0][1])
+    for job, result in zip(batch, results):
+        assert_matches_reference(model, template, job, result)
+    shift, recompute, _ = results
+    assert len(recompute.request_ids) > 1  # restarted after READs
+    counts = engine_loop.run(engine.stats())["tokens_computed"]
+    assert engine_loop.run(engine.tokens_computed(recompute.request_ids)) > counts[
+        shift.request_ids[0]
+    ]
+
+
+def test_ordinary_requests_are_untouched(served, engine_loop):
+    """An ordinary completion beside sessions equals one from an engine without the plugin."""
+    _, engine, _, tokenizer, path = served
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    prompt = {"prompt_token_ids": tokenizer.encode("a man walks in the park with")}
+    params = SamplingParams(temperature=0.0, max_tokens=16, logprobs=0, ignore_eos=True)
+
+    async def complete(llm, request_id):
+        final = None
+        async for output in llm.generate(prompt, params, request_id):
+            final = output
+        completion = final.outputs[0]
+        return completion.token_ids, [lp[t].logprob for t, lp in zip(completion.token_ids,
+                                                                      completion.logprobs)]
+
+    async def beside_sessions():
+        sessions = [engine.translate("a dog runs in the park", policy="wait-1",
+                                     max_target_tokens=CAP) for _ in range(3)]
+        *_, plain = await asyncio.gather(*sessions, complete(engine.llm, "ordinary-1"))
+        return plain
+
+    with_plugin = engine_loop.run(beside_sessions())
+
+    async def without_plugin():
+        args = AsyncEngineArgs(model=str(path), dtype="float32", enforce_eager=True,
+                               max_model_len=1024, disable_log_stats=True, seed=0)
+        llm = AsyncLLM.from_engine_args(args)
+        try:
+            return await complete(llm, "ordinary-2")
+        finally:
+            llm.shutdown()
+
+    plain = engine_loop.run(without_plugin())
+    assert with_plugin[0] == plain[0]
+    assert max(abs(a - b) for a, b in zip(with_plugin[1], plain[1])) <= 1e-4
+
+
+def test_a_session_passing_the_position_limit_fails_alone(served, engine_loop):
+    _, engine, model, tokenizer, _ = served
+    batch = jobs(seed=13, count=4)
+    # the first slot ends near max_model_len (1024): target positions soon pass it
+    doomed = ("a man walks in the park", SessionConfig(policy="wait-1", slot_len=990,
+                                                       max_target_tokens=64))
+
+    async def go():
+        return await asyncio.gather(
+            *[engine.translate(s, config=c) for s, c in [doomed, *batch]],
+            return_exceptions=True,
+        )
+
+    failure, *results = engine_loop.run(go())
+    assert isinstance(failure, SessionError) and "1024" in str(failure)
+    template = template_for(tokenizer, batch[0][1])
+    for job, result in zip(batch, results):
+        assert_matches_reference(model, template, job, result)
+    stats = engine_loop.run(engine.stats())
+    assert stats["free_blocks"] == stats["total_blocks"]
+
+
+def test_admission_rejects_with_a_retryable_error_and_frees_everything(served, engine_loop):
+    _, engine, _, tokenizer, _ = served
+    start = engine_loop.run(engine.stats())["free_blocks"]
+    one_slot = SimulEngine(engine.llm, tokenizer, max_sessions=1)
+    tiny_cache = SimulEngine(engine.llm, tokenizer, session_max_tokens=10**9)
+
+    async def go():
+        first = await one_slot.open(policy="wait-1")
+        with pytest.raises(SessionRejected, match="retry"):
+            await one_slot.open(policy="wait-1")
+        with pytest.raises(SessionRejected, match="KV cache"):
+            await tiny_cache.open(policy="wait-1")
+        await first.close()
+        again = await one_slot.open(policy="wait-1")  # room again after close
+        await again.close()
+
+    engine_loop.run(go())
+    assert engine_loop.run(engine.stats())["free_blocks"] == start
+
+
+def test_abort_and_idle_timeout_free_every_block(served, engine_loop):
+    _, engine, _, tokenizer, _ = served
+    start = engine_loop.run(engine.stats())["free_blocks"]
+    idle = SimulEngine(engine.llm, tokenizer, idle_timeout=1.0)
+
+    async def go():
+        session = await engine.open(policy="wait-1", max_target_tokens=CAP)
+        await session.push("a man walks in the park ")
+        first = await session.__aiter__().__anext__()
+        assert first.text and first.source_words_read == 1
+        held = (await engine.stats())["free_blocks"]
+        await session.abort()
+        with pytest.raises(SessionError):
+            await session.result()
+        sleepy = await idle.open(policy="wait-1", max_target_tokens=CAP)
+        await sleepy.push("two dogs play ")
+        await sleepy.__aiter__().__anext__()
+        await asyncio.sleep(3.0)
+        with pytest.raises(SessionError, match="idle"):
+            await sleepy.result()
+        return held
+
+    held = engine_loop.run(go())
+    assert held < start
+    assert engine_loop.run(engine.stats())["free_blocks"] == start
+
+
+def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_path_factory):
+    arch, engine, model, tokenizer, path = served
+    if arch != "llama":
+        pytest.skip("LoRA is exercised on the Llama engine")
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    adapter_dir = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(0)
+    base, _ = models.load(path)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj",
+                                                            "o_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(adapter_dir)
+    engine.add_lora("random-adapter", str(adapter_dir))
+    peft_model = PeftModel.from_pretrained(models.load(path)[0], adapter_dir).eval()
+
+    batch = jobs(seed=14, count=6)
+    for i, (_, config) in enumerate(batch):
+        config.lora = "random-adapter" if i % 2 == 0 else None
+    results = run_all(engine_loop, engine, batch)
+    template = template_for(tokenizer, batch[0][1])
+    differs = False
+    for job, result in zip(batch, results):
+        assert_matches_reference(peft_model if job[1].lora else model, template, job, result)
+        if job[1].lora:
+            plain = reference(model, template, *job)
+            differs |= plain.target_ids != result.target_ids or any(
+                abs(a - b) > 1e-3 for a, b in zip(plain.logprobs, result.logprobs))
+    assert differs  # the adapter really changed something
