@@ -34,8 +34,12 @@ def jobs(seed: int, count: int = 16, **config) -> list[tuple[str, SessionConfig]
         source = random_sentence(rng, ENGLISH_WORDS, 2, 14)
         policy = POLICIES[i % len(POLICIES)]
         out.append(
-            (source, SessionConfig(policy=policy, slot_len=rng.randint(2, 6),
-                                   max_target_tokens=CAP, **config))
+            (
+                source,
+                SessionConfig(
+                    policy=policy, slot_len=rng.randint(2, 6), max_target_tokens=CAP, **config
+                ),
+            )
         )
     return out
 
@@ -44,8 +48,11 @@ def reference(model, template, source: str, config: SessionConfig):
     """The transformers oracle; offline is the recompute decoder reading everything first."""
     offline = config.mode == "offline"
     decoder = ReferenceDecoder(
-        model, template, mode="recompute" if offline else config.mode,
-        slot_len=config.slot_len, max_target_tokens=config.max_target_tokens,
+        model,
+        template,
+        mode="recompute" if offline else config.mode,
+        slot_len=config.slot_len,
+        max_target_tokens=config.max_target_tokens,
     )
     return decoder.translate(source, "offline" if offline else config.policy)
 
@@ -69,8 +76,9 @@ def run_all(loop, engine: SimulEngine, batch):
 
 
 def template_for(tokenizer, config: SessionConfig):
-    return build_prompt(tokenizer, config.source_lang, config.target_lang,
-                        system_prompt=config.system_prompt)
+    return build_prompt(
+        tokenizer, config.source_lang, config.target_lang, system_prompt=config.system_prompt
+    )
 
 
 @pytest.fixture(scope="module", params=models.TINY_ARCHS)
@@ -127,9 +135,10 @@ def test_baseline_modes_run_in_the_same_engine(served, engine_loop):
     shift, recompute, _ = results
     assert len(recompute.request_ids) > 1  # restarted after READs
     counts = engine_loop.run(engine.stats())["tokens_computed"]
-    assert engine_loop.run(engine.tokens_computed(recompute.request_ids)) > counts[
-        shift.request_ids[0]
-    ]
+    assert (
+        engine_loop.run(engine.tokens_computed(recompute.request_ids))
+        > counts[shift.request_ids[0]]
+    )
 
 
 def test_ordinary_requests_are_untouched(served, engine_loop):
@@ -147,20 +156,29 @@ def test_ordinary_requests_are_untouched(served, engine_loop):
         async for output in llm.generate(prompt, params, request_id):
             final = output
         completion = final.outputs[0]
-        return completion.token_ids, [lp[t].logprob for t, lp in zip(completion.token_ids,
-                                                                      completion.logprobs)]
+        return completion.token_ids, [
+            lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)
+        ]
 
     async def beside_sessions():
-        sessions = [engine.translate("a dog runs in the park", policy="wait-1",
-                                     max_target_tokens=CAP) for _ in range(3)]
+        sessions = [
+            engine.translate("a dog runs in the park", policy="wait-1", max_target_tokens=CAP)
+            for _ in range(3)
+        ]
         *_, plain = await asyncio.gather(*sessions, complete(engine.llm, "ordinary-1"))
         return plain
 
     with_plugin = engine_loop.run(beside_sessions())
 
     async def without_plugin():
-        args = AsyncEngineArgs(model=str(path), dtype="float32", enforce_eager=True,
-                               max_model_len=1024, disable_log_stats=True, seed=0)
+        args = AsyncEngineArgs(
+            model=str(path),
+            dtype="float32",
+            enforce_eager=True,
+            max_model_len=1024,
+            disable_log_stats=True,
+            seed=0,
+        )
         llm = AsyncLLM.from_engine_args(args)
         try:
             return await complete(llm, "ordinary-2")
@@ -176,8 +194,10 @@ def test_a_session_passing_the_position_limit_fails_alone(served, engine_loop):
     _, engine, model, tokenizer, _ = served
     batch = jobs(seed=13, count=4)
     # the first slot ends near max_model_len (1024): target positions soon pass it
-    doomed = ("a man walks in the park", SessionConfig(policy="wait-1", slot_len=990,
-                                                       max_target_tokens=64))
+    doomed = (
+        "a man walks in the park",
+        SessionConfig(policy="wait-1", slot_len=990, max_target_tokens=64),
+    )
 
     async def go():
         return await asyncio.gather(
@@ -241,17 +261,20 @@ def test_abort_and_idle_timeout_free_every_block(served, engine_loop):
     assert engine_loop.run(engine.stats())["free_blocks"] == start
 
 
+@pytest.mark.parametrize("served", ["llama"], indirect=True)  # the engine with LoRA on
 def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_path_factory):
-    arch, engine, model, tokenizer, path = served
-    if arch != "llama":
-        pytest.skip("LoRA is exercised on the Llama engine")
+    _, engine, model, tokenizer, path = served
     from peft import LoraConfig, PeftModel, get_peft_model
 
     adapter_dir = tmp_path_factory.mktemp("adapter")
     torch.manual_seed(0)
     base, _ = models.load(path)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj",
-                                                            "o_proj"], init_lora_weights=False)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+    )
     get_peft_model(base, config).save_pretrained(adapter_dir)
     engine.add_lora("random-adapter", str(adapter_dir))
     peft_model = PeftModel.from_pretrained(models.load(path)[0], adapter_dir).eval()
@@ -267,5 +290,6 @@ def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_pat
         if job[1].lora:
             plain = reference(model, template, *job)
             differs |= plain.target_ids != result.target_ids or any(
-                abs(a - b) > 1e-3 for a, b in zip(plain.logprobs, result.logprobs))
+                abs(a - b) > 1e-3 for a, b in zip(plain.logprobs, result.logprobs)
+            )
     assert differs  # the adapter really changed something

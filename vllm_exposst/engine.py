@@ -96,6 +96,8 @@ class SessionResult:
     source_words: int
     source_tokens_read: int
     request_ids: list[str]
+    read_latencies: list[float]  # chunk with new source -> its first sampled token (s)
+    decode_steps: list[float]  # seconds per generated token in word-continuation turns
 
 
 class SimulEngine:
@@ -255,6 +257,10 @@ class Session:
         self._request: _Request | None = None
         self.request_ids: list[str] = []  # engine requests (several in recompute mode)
         self.tokens_sent = 0
+        # seconds from sending a chunk to its first sampled token: turns that carry new
+        # source (READ-to-WRITE latency) and per generated token of the other turns
+        self.read_latencies: list[float] = []
+        self.decode_steps: list[float] = []
 
     # -- client side ------------------------------------------------------------
     def start(self) -> None:
@@ -379,6 +385,7 @@ class _Request:
         max_tokens: int,
         extra: dict,
         min_tokens: int = 0,
+        source_tokens: int = 0,
     ) -> list[tuple[int, float]]:
         from vllm import SamplingParams
         from vllm.engine.protocol import StreamingInput
@@ -400,6 +407,7 @@ class _Request:
         prompt = TokensPrompt(prompt_token_ids=list(tokens))
         if self.outputs is None and self.salt:
             prompt["cache_salt"] = self.salt
+        sent_at = time.perf_counter()
         await self.inputs.put(StreamingInput(prompt=prompt, sampling_params=params))
         if self.outputs is None:
             engine = session.engine
@@ -410,14 +418,21 @@ class _Request:
                 lora_request=engine._lora.get(session.config.lora),
             ).__aiter__()
         sampled: list[tuple[int, float]] = []
+        first_at = None
         while True:
             output = await self.outputs.__anext__()
+            first_at = first_at or time.perf_counter()
             completion = output.outputs[0]
             for i, token in enumerate(completion.token_ids):
                 logprob = completion.logprobs[i][token].logprob if completion.logprobs else 0.0
                 sampled.append((token, logprob))
             if completion.finish_reason is not None or output.finished:
                 break
+        finished_at = time.perf_counter()
+        if source_tokens:
+            session.read_latencies.append(first_at - sent_at)
+        elif len(sampled) > 1:
+            session.decode_steps.append((finished_at - first_at) / (len(sampled) - 1))
         self.num_tokens += len(tokens) + len(sampled) - 1
         session.tokens_sent += len(tokens) + len(sampled) - 1
         session.last_activity = time.monotonic()
@@ -464,6 +479,7 @@ class _Decoder:
         self.groups: list[tuple[list[int], int]] = []
         self.elapsed: list[float] = []
         self.restart = False  # recompute: next turn starts a new request
+        self.unsent_source = 0  # source tokens read since the last chunk
 
     def _salt(self) -> str | None:
         if self.mode != "exposst":
@@ -489,8 +505,10 @@ class _Decoder:
         extra = {"word_stop_after": turn.pop("word_stop_after", 0)}
         if self.mode == "exposst":
             extra.update(start=s._request.num_tokens, positions=self.buffer_pos, decode=decode)
-        sampled = await s._request.turn(self.buffer, extra=extra, **turn)
-        self.buffer, self.buffer_pos = [], []
+        sampled = await s._request.turn(
+            self.buffer, extra=extra, source_tokens=self.unsent_source, **turn
+        )
+        self.buffer, self.buffer_pos, self.unsent_source = [], [], 0
         return sampled
 
     def _offline_prompt(self) -> list[int]:
@@ -511,6 +529,7 @@ class _Decoder:
         self.buffer += unit
         self.buffer_pos += self.allocator.read(len(unit))
         self.source_ids += unit
+        self.unsent_source += len(unit)
 
     def _frontier(self) -> int:
         """Where the next generated target token will sit (ExPosST positions only)."""
@@ -640,4 +659,6 @@ class _Decoder:
             source_words=s._source_words,
             source_tokens_read=len(self.source_ids),
             request_ids=list(s.request_ids),
+            read_latencies=list(s.read_latencies),
+            decode_steps=list(s.decode_steps),
         )
