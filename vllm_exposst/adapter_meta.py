@@ -1,0 +1,63 @@
+"""``exposst.json``: how an adapter was trained, beside its PEFT files.
+
+The trainer writes it; the engine and the server read it so that sessions on an
+adapter run with the layout, policy, ``slot_len`` and prompt it was trained with,
+unless a request says otherwise.
+
+Keys (all optional when read): ``layout`` (``exposst``, ``shift`` or ``offline``),
+``policy`` (a policy spec or mix, e.g. ``wait-k:1-9``), ``inference_policy`` (the
+spec sessions use by default, e.g. ``wait-3``), ``slot_len``, ``source_lang``,
+``target_lang``, ``system_prompt``, ``base_model``, ``data``, ``steps``, ``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FILENAME = "exposst.json"
+# SessionConfig fields an adapter's record may set: record key -> session field
+SESSION_DEFAULTS = {
+    "inference_policy": "policy",
+    "slot_len": "slot_len",
+    "source_lang": "source_lang",
+    "target_lang": "target_lang",
+    "system_prompt": "system_prompt",
+    "layout": "mode",
+}
+
+
+def write_adapter_meta(folder: str | Path, meta: dict[str, Any]) -> Path:
+    path = Path(folder) / FILENAME
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_adapter_meta(folder: str | Path) -> dict[str, Any]:
+    """The record, or ``{}`` for an adapter without one; a broken file is an error."""
+    path = Path(folder) / FILENAME
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return meta
+
+
+def session_defaults(meta: dict[str, Any]) -> dict[str, Any]:
+    """Session settings an adapter's record implies.
+
+    A cache-keeping layout (``exposst``, ``shift``) becomes the session mode; an
+    ``offline``-trained adapter leaves the mode to the request or server default.
+    """
+    out = {field: meta[key] for key, field in SESSION_DEFAULTS.items() if key in meta}
+    layout = out.pop("mode", None)
+    if layout not in (None, "exposst", "shift", "offline"):
+        raise ValueError(f"unknown layout {layout!r} in {FILENAME}")
+    if layout in ("exposst", "shift"):
+        out["mode"] = layout
+    return out
