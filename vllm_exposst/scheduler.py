@@ -24,6 +24,7 @@ from typing import Any
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
+from .config import ExposstOptions
 from .hook import exposst_args
 from .plugin import check_vllm_version
 
@@ -43,6 +44,8 @@ class ExposstScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         check_vllm_version()
         super().__init__(*args, **kwargs)
+        # fail at start-up, with a clear message, on bad --additional-config values
+        self.options = ExposstOptions.from_additional_config(self.vllm_config.additional_config)
         self._word_start: list[bool] | None = None
         self.session_tokens: dict[str, int] = {}
         self.finished_tokens: OrderedDict[str, int] = OrderedDict()

@@ -1,0 +1,75 @@
+"""Plugin options from vLLM's own ``--additional-config '{"exposst": {...}}'``.
+
+Validated when the engine and the server start, so a bad value stops ``vllm
+serve`` with a clear message instead of failing a session later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .policies import parse_policy
+
+MODES = ("exposst", "shift", "recompute", "offline")
+
+
+@dataclass(frozen=True)
+class ExposstOptions:
+    """Server-wide defaults and limits for sessions."""
+
+    policy: str = "wait-3"
+    slot_len: int = 8
+    mode: str = "exposst"
+    source_lang: str = "English"
+    target_lang: str = "German"
+    max_sessions: int | None = None  # default: the engine's max_num_seqs
+    session_max_tokens: int = 512  # KV reserved per session at admission
+    idle_timeout: float | None = 300.0  # seconds without activity before a session is closed
+
+    def __post_init__(self) -> None:
+        def fail(key: str, what: str) -> None:
+            raise ValueError(
+                f"--additional-config exposst.{key}: {what}, got {getattr(self, key)!r}"
+            )
+
+        try:
+            parse_policy(self.policy)
+        except ValueError as err:
+            raise ValueError(f"--additional-config exposst.policy: {err}") from None
+        if (
+            not isinstance(self.slot_len, int)
+            or isinstance(self.slot_len, bool)
+            or self.slot_len < 1
+        ):
+            fail("slot_len", "must be an integer >= 1")
+        if self.mode not in MODES:
+            fail("mode", f"must be one of {MODES}")
+        if self.max_sessions is not None and (
+            not isinstance(self.max_sessions, int) or self.max_sessions < 1
+        ):
+            fail("max_sessions", "must be an integer >= 1")
+        if not isinstance(self.session_max_tokens, int) or self.session_max_tokens < 1:
+            fail("session_max_tokens", "must be an integer >= 1")
+        if self.idle_timeout is not None and (
+            not isinstance(self.idle_timeout, int | float) or self.idle_timeout <= 0
+        ):
+            fail("idle_timeout", "must be a number of seconds > 0 (or null for none)")
+
+    @classmethod
+    def from_additional_config(cls, additional: dict[str, Any] | None) -> ExposstOptions:
+        raw = (additional or {}).get("exposst", {})
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ValueError("--additional-config exposst must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(
+                f"--additional-config exposst: unknown option(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**raw)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

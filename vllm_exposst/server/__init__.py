@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes for live and batch simultaneous translation."""

@@ -1,0 +1,61 @@
+"""What the routes share: the session engine and the names the server answers to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine import SessionConfig, SimulEngine, UnknownModelError
+
+# request keys that select how a sentence is translated (``simul`` object, session.update)
+SIMUL_KEYS = ("policy", "slot_len", "mode", "source_lang", "target_lang")
+
+
+@dataclass
+class ServerContext:
+    engine: SimulEngine
+    served_models: list[str]
+
+    def session_config(self, model: str | None, simul: dict[str, Any] | None) -> SessionConfig:
+        """Validate a request's model and ``simul`` options into a session config."""
+        simul = simul or {}
+        if not isinstance(simul, dict):
+            raise ValueError("'simul' must be a JSON object")
+        unknown = sorted(set(simul) - set(SIMUL_KEYS))
+        if unknown:
+            raise ValueError(f"unknown 'simul' option(s) {unknown}; known: {list(SIMUL_KEYS)}")
+        lora = self.adapter_for(model)
+        config = self.engine.session_config(lora=lora, **simul)
+        config.validate()
+        return config
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """None for the base model, the adapter's name for a LoRA, else an error."""
+        if model is None or model in self.served_models:
+            return None
+        if model in self.engine._lora:
+            return model
+        known = [*self.served_models, *sorted(self.engine._lora)]
+        raise UnknownModelError(f"the model {model!r} does not exist; served: {known}")
+
+    def check_source_fits(self, config: SessionConfig, source: str) -> None:
+        """Refuse a source whose offline prompt alone passes the position limit."""
+        template = self.engine.template(config)
+        needed = len(template.offline_prompt(source))
+        if needed >= self.engine.max_model_len:
+            from ..engine import SessionError
+
+            raise SessionError(
+                f"the source needs {needed} positions before any target token; "
+                f"positions must stay below {self.engine.max_model_len} (max_model_len)"
+            )
+
+
+async def create_context(engine_client: Any, state: Any) -> ServerContext:
+    from transformers import AutoTokenizer
+
+    vllm_config = engine_client.vllm_config
+    tokenizer = AutoTokenizer.from_pretrained(vllm_config.model_config.tokenizer)
+    models = state.openai_serving_models
+    engine = SimulEngine(engine_client, tokenizer, lora_requests=models.lora_requests)
+    return ServerContext(engine, [path.name for path in models.base_model_paths])

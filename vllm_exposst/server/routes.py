@@ -1,0 +1,46 @@
+"""The routes as a vLLM endpoint plugin, attached when ExPosST's scheduler is chosen."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, WebSocket
+
+from .chat import chat_completions
+from .context import ServerContext, create_context
+from .realtime import realtime
+
+
+class ExposstRoutes:
+    """``EndpointPlugin`` (vllm.plugins.endpoint_plugins.interface) for the simul routes."""
+
+    name = "exposst"
+    required_tasks = ("generate",)
+
+    def __init__(self) -> None:
+        self.context: ServerContext | None = None
+
+    def attach_router(self, app: FastAPI) -> None:
+        router = APIRouter()
+
+        @router.post("/v1/simul/chat/completions")
+        async def simul_chat(request: Request):
+            return await chat_completions(request, self._context())
+
+        @router.websocket("/v1/simul/realtime")
+        async def simul_realtime(websocket: WebSocket):
+            await realtime(websocket, self._context())
+
+        app.include_router(router)
+
+    async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
+        if engine_client is None:
+            raise RuntimeError("the ExPosST routes need an engine (not the render server)")
+        self.context = await create_context(engine_client, state)
+        state.exposst = self.context
+
+    def _context(self) -> ServerContext:
+        if self.context is None:
+            raise RuntimeError("ExPosST routes used before the server finished starting")
+        return self.context
