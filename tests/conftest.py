@@ -83,3 +83,26 @@ def start_engine(engine_loop: EngineLoop, path, **kwargs):
         return SimulEngine.from_engine_args(**options)
 
     return engine_loop.run(start())
+
+
+def make_random_adapter(base_path, folder, seed: int, rank: int = 8):
+    """A PEFT LoRA adapter with random (non-zero) A and B, saved to ``folder``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    base, _ = models.load(base_path)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=False,
+    )
+    get_peft_model(base, config).save_pretrained(folder)
+    return folder
+
+
+def peft_model(base_path, adapter):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(models.load(base_path)[0], adapter).eval()

@@ -10,7 +10,6 @@ import asyncio
 import random
 
 import pytest
-import torch
 
 from vllm_exposst import models
 from vllm_exposst.engine import SessionConfig, SessionError, SessionRejected, SimulEngine
@@ -18,7 +17,7 @@ from vllm_exposst.models import ENGLISH_WORDS
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
 
-from .conftest import random_sentence, start_engine
+from .conftest import make_random_adapter, peft_model, random_sentence, start_engine
 
 pytestmark = pytest.mark.engine
 CAP = 24
@@ -263,33 +262,24 @@ def test_abort_and_idle_timeout_free_every_block(served, engine_loop):
 
 @pytest.mark.parametrize("served", ["llama"], indirect=True)  # the engine with LoRA on
 def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_path_factory):
+    """Two adapters and plain sessions in one batch: each equals its own PEFT model."""
     _, engine, model, tokenizer, path = served
-    from peft import LoraConfig, PeftModel, get_peft_model
+    folder = tmp_path_factory.mktemp("adapters")
+    oracles = {None: model}
+    for seed, name in enumerate(["adapter-a", "adapter-b"], 1):
+        adapter = make_random_adapter(path, folder / name, seed=seed)
+        engine.add_lora(name, str(adapter))
+        oracles[name] = peft_model(path, adapter)
 
-    adapter_dir = tmp_path_factory.mktemp("adapter")
-    torch.manual_seed(0)
-    base, _ = models.load(path)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=16,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        init_lora_weights=False,
-    )
-    get_peft_model(base, config).save_pretrained(adapter_dir)
-    engine.add_lora("random-adapter", str(adapter_dir))
-    peft_model = PeftModel.from_pretrained(models.load(path)[0], adapter_dir).eval()
-
-    batch = jobs(seed=14, count=6)
+    batch = jobs(seed=14, count=12)
     for i, (_, config) in enumerate(batch):
-        config.lora = "random-adapter" if i % 2 == 0 else None
+        config.lora = [None, "adapter-a", "adapter-b"][i % 3]
     results = run_all(engine_loop, engine, batch)
     template = template_for(tokenizer, batch[0][1])
-    differs = False
+    changed = 0
     for job, result in zip(batch, results):
-        assert_matches_reference(peft_model if job[1].lora else model, template, job, result)
+        assert_matches_reference(oracles[job[1].lora], template, job, result)
         if job[1].lora:
             plain = reference(model, template, *job)
-            differs |= plain.target_ids != result.target_ids or any(
-                abs(a - b) > 1e-3 for a, b in zip(plain.logprobs, result.logprobs)
-            )
-    assert differs  # the adapter really changed something
+            changed += plain.target_ids != result.target_ids
+    assert changed > 0  # the adapters really change the output

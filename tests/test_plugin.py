@@ -66,3 +66,25 @@ def test_hook_tables_follow_scheduler_output():
 def test_external_request_id():
     assert external_id("exposst-abc-123456-0f1e2d3c") == "exposst-abc-123456"
     assert external_id("plain") == "plain"
+
+
+def test_lora_ops_give_tokens_without_an_adapter_no_contribution():
+    """vLLM 0.32's torch LoRA ops read index -1 as the last adapter slot; the fix zeroes it."""
+    import torch
+
+    from vllm_exposst import lora_cpu_fix
+
+    torch.manual_seed(0)
+    weights = torch.randn(2, 1, 4, 6)  # 2 adapter slots, rank 4, hidden 6
+    inputs = torch.randn(3, 6)
+    indices = torch.tensor([-1, 0, 1])
+    out = torch.zeros(3, 4)
+    lora_cpu_fix.bgmv_shrink(inputs, weights, out, indices, 0.5)
+    assert torch.all(out[0] == 0)
+    torch.testing.assert_close(out[1], 0.5 * weights[0, 0] @ inputs[1])
+    torch.testing.assert_close(out[2], 0.5 * weights[1, 0] @ inputs[2])
+    expand = torch.randn(2, 1, 6, 4)
+    base = torch.ones(3, 6)
+    lora_cpu_fix.bgmv_expand(out, expand, base, indices, add_inputs=True)
+    torch.testing.assert_close(base[0], torch.ones(6))
+    torch.testing.assert_close(base[1], 1 + expand[0, 0] @ out[1])

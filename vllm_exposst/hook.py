@@ -128,5 +128,9 @@ def _hook_for(runner: Any) -> PositionHook | None:
         from .plugin import is_enabled
 
         hook = PositionHook() if is_enabled(runner.vllm_config) else None
+        if hook is not None:
+            from . import lora_cpu_fix
+
+            lora_cpu_fix.install()
         runner._exposst_hook = hook
     return hook

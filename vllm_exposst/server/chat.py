@@ -82,7 +82,9 @@ async def chat_completions(request: Request, context: ServerContext):
         "model": model or context.served_models[0],
     }
     if body.get("stream"):
-        return StreamingResponse(_stream(session, source, meta), media_type="text/event-stream")
+        return StreamingResponse(
+            _stream(session, source, meta, config), media_type="text/event-stream"
+        )
     return await _complete(request, session, source, meta, config)
 
 
@@ -123,7 +125,6 @@ async def _complete(request: Request, session, source: str, meta: dict, config) 
     finally:
         metrics.ACTIVE_SESSIONS.dec()
         await session.close()
-    limit = config.max_target_tokens
     return JSONResponse(
         {
             **meta,
@@ -132,9 +133,7 @@ async def _complete(request: Request, session, source: str, meta: dict, config) 
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": result.text},
-                    "finish_reason": "length"
-                    if limit and len(result.target_ids) >= limit
-                    else "stop",
+                    "finish_reason": _finish_reason(result, config),
                 }
             ],
             "usage": {
@@ -162,7 +161,12 @@ def _chunk(meta: dict, delta: dict, finish: str | None, simul: dict) -> str:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
-async def _stream(session, source: str, meta: dict) -> AsyncIterator[str]:
+def _finish_reason(result, config) -> str:
+    limit = config.max_target_tokens
+    return "length" if limit and len(result.target_ids) >= limit else "stop"
+
+
+async def _stream(session, source: str, meta: dict, config) -> AsyncIterator[str]:
     """SSE: a chunk per written word, a final chunk with the summary, then [DONE]."""
     try:
         await _feed(session, source)
@@ -174,7 +178,7 @@ async def _stream(session, source: str, meta: dict) -> AsyncIterator[str]:
                 first = False
             yield _chunk(meta, delta, None, {"source_words_read": piece.source_words_read})
         result, tokens = await _finish_result(session)
-        yield _chunk(meta, {}, "stop", _simul_summary(result, tokens))
+        yield _chunk(meta, {}, _finish_reason(result, config), _simul_summary(result, tokens))
     except Exception as exc:  # after the 200 header: the error travels in the stream
         yield f"data: {json.dumps(api_error(exc).body())}\n\n"
     finally:

@@ -28,6 +28,13 @@ class ExposstRoutes:
         async def simul_chat(request: Request):
             return await chat_completions(request, self._context())
 
+        @router.get("/v1/simul/stats")
+        async def simul_stats():
+            """Scheduler counts: sessions, KV blocks, tokens computed per request."""
+            context = self._context()
+            stats = await context.engine.stats()
+            return {**stats, "open_sessions": len(context.engine.sessions)}
+
         @router.websocket("/v1/simul/realtime")
         async def simul_realtime(websocket: WebSocket):
             await realtime(websocket, self._context())

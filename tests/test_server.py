@@ -1,0 +1,403 @@
+"""``vllm serve`` with the plugin: a real server process on 127.0.0.1, tiny Llama.
+
+Translations are checked against the transformers reference decoder (the oracle the
+in-process session API is itself tested against in test_engine.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from vllm_exposst import models
+from vllm_exposst.models import ENGLISH_WORDS
+from vllm_exposst.prompts import build_prompt
+from vllm_exposst.reference import ReferenceDecoder
+
+from .conftest import make_random_adapter, peft_model, random_sentence
+
+pytestmark = pytest.mark.server
+API_KEY = "test-key"
+MAX_SESSIONS = 40
+CAP = 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: Path, adapters: dict[str, Path], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/v1/simul/realtime"
+        self.base, self.adapters = base, adapters
+        options = {"exposst": {"policy": "wait-2", "slot_len": 4, "max_sessions": MAX_SESSIONS}}
+        command = [
+            str(Path(sys.executable).parent / "vllm"),
+            "serve",
+            str(base),
+            "--scheduler-cls",
+            "vllm_exposst.scheduler.ExposstScheduler",
+            "--additional-config",
+            json.dumps(options),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--api-key",
+            API_KEY,
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-model-len",
+            "1024",
+            "--max-num-seqs",
+            "48",
+            "--seed",
+            "0",
+            "--enable-lora",
+            "--max-lora-rank",
+            "8",
+            "--max-loras",
+            "2",
+            "--lora-modules",
+            *[f"{name}={path}" for name, path in adapters.items()],
+        ]
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        self.log = log.open("w")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.wait_ready(log)
+
+    def wait_ready(self, log: Path, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vllm serve exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"vllm serve did not start:\n{log.read_text()[-3000:]}")
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/v1/simul/stats", headers=self.headers()).json()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_cache):
+    base = models.tiny_model("llama", model_cache)
+    folder = tmp_path_factory.mktemp("server")
+    adapters = {
+        name: make_random_adapter(base, folder / name, seed=i)
+        for i, name in enumerate(["ende-a", "ende-b"], 1)
+    }
+    srv = Server(base, adapters, folder / "serve.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def oracle(server):
+    """Reference decoders: base model and each adapter, with the server's defaults."""
+    model, tokenizer = models.load(server.base)
+    template = build_prompt(tokenizer)
+    by_model = {None: model}
+    by_model.update({name: peft_model(server.base, path) for name, path in server.adapters.items()})
+
+    def translate(source: str, policy="wait-2", slot_len=4, mode="exposst", lora=None, cap=CAP):
+        offline = mode == "offline"
+        decoder = ReferenceDecoder(
+            by_model[lora],
+            template,
+            slot_len=slot_len,
+            mode="recompute" if offline else mode,
+            max_target_tokens=cap,
+        )
+        return decoder.translate(source, "offline" if offline else policy)
+
+    return translate
+
+
+async def live(server: Server, pieces: list[str], session: dict | None = None) -> dict:
+    """One WebSocket sentence: pieces of text, commit, collect deltas and the summary."""
+    async with websockets.connect(server.ws_url, additional_headers=server.headers()) as ws:
+        created = json.loads(await ws.recv())
+        assert created["type"] == "session.created"
+        if session:
+            await ws.send(json.dumps({"type": "session.update", "session": session}))
+            updated = json.loads(await ws.recv())
+            assert updated["type"] == "session.updated", updated
+        for piece in pieces:
+            await ws.send(json.dumps({"type": "input_text.append", "text": piece}))
+        await ws.send(json.dumps({"type": "input_text.commit"}))
+        deltas = []
+        while True:
+            event = json.loads(await ws.recv())
+            if event["type"] == "response.output_text.delta":
+                deltas.append(event)
+            elif event["type"] == "response.output_text.done":
+                await ws.send(json.dumps({"type": "session.close"}))
+                return {"deltas": deltas, "done": event}
+            else:
+                raise AssertionError(event)
+
+
+def irregular_pieces(text: str, rng: random.Random) -> list[str]:
+    cuts = sorted(rng.sample(range(1, len(text)), k=min(5, len(text) - 1)))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+
+
+def test_websocket_live_session_equals_the_reference(server, oracle):
+    rng = random.Random(1)
+    source = "two people walk near the old house with a big black dog"
+    out = asyncio.run(
+        live(server, irregular_pieces(source, rng), {"policy": "wait-1", "slot_len": 3})
+    )
+    ref = oracle(source, policy="wait-1", slot_len=3, cap=None)
+    done = out["done"]
+    assert done["text"] == ref.text
+    assert done["delays"] == ref.delays
+    assert "".join(d["delta"] for d in out["deltas"]).strip() == ref.text
+    assert [d["source_words_read"] for d in out["deltas"]] == sorted(
+        d["source_words_read"] for d in out["deltas"]
+    )
+    assert len(done["elapsed_ms"]) == len(done["delays"])
+
+
+def test_openai_client_streaming_and_not_all_four_modes(server, oracle):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1/simul", api_key=API_KEY)
+    source = "a man walks in the red park with two dogs"
+    for mode in ("exposst", "shift", "recompute", "offline"):
+        simul = {"policy": "wait-3", "slot_len": 5, "mode": mode}
+        ref = oracle(source, policy="wait-3", slot_len=5, mode=mode)
+        reply = client.chat.completions.create(
+            model=str(server.base),
+            messages=[{"role": "user", "content": source}],
+            max_tokens=CAP,
+            extra_body={"simul": simul},
+        )
+        assert reply.choices[0].message.content == ref.text, mode
+        summary = reply.model_extra["simul"]
+        assert summary["delays"] == ref.delays
+        assert summary["tokens_computed"] >= len(ref.target_ids)
+        assert len(summary["elapsed_ms"]) == len(ref.delays)
+        stream = client.chat.completions.create(
+            model=str(server.base),
+            messages=[{"role": "user", "content": source}],
+            max_tokens=CAP,
+            extra_body={"simul": simul},
+            stream=True,
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert text.strip() == ref.text, mode
+        reads = [c.model_extra["simul"]["source_words_read"] for c in chunks[:-1]]
+        assert reads == sorted(reads) and chunks[-1].model_extra["simul"]["delays"] == ref.delays
+
+
+def test_thirty_two_concurrent_clients_with_two_adapters(server, oracle):
+    rng = random.Random(2)
+    policies = ["wait-1", "wait-3", "read-2/write-1", "token-wait-2"]
+    jobs = []
+    for i in range(32):
+        source = random_sentence(rng, ENGLISH_WORDS, 3, 12)
+        lora = [None, "ende-a", "ende-b"][i % 3]
+        jobs.append((source, policies[i % 4], rng.randint(2, 6), lora))
+
+    async def run():
+        return await asyncio.gather(
+            *[
+                live(
+                    server,
+                    irregular_pieces(s, random.Random(i)),
+                    {"policy": p, "slot_len": L, **({"model": m} if m else {})},
+                )
+                for i, (s, p, L, m) in enumerate(jobs)
+            ]
+        )
+
+    results = asyncio.run(run())
+    for (source, policy, slot_len, lora), out in zip(jobs, results):
+        ref = oracle(source, policy=policy, slot_len=slot_len, lora=lora, cap=None)
+        assert out["done"]["text"] == ref.text, (source, policy, lora)
+        assert out["done"]["delays"] == ref.delays
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", b"{not json", 400, "invalid_json"),
+    (
+        "unknown model",
+        {"model": "nope", "messages": [{"role": "user", "content": "a b"}]},
+        404,
+        "model_not_found",
+    ),
+    (
+        "bad policy",
+        {"messages": [{"role": "user", "content": "a b"}], "simul": {"policy": "wait-zero"}},
+        400,
+        "invalid_parameter",
+    ),
+    (
+        "bad slot_len",
+        {"messages": [{"role": "user", "content": "a b"}], "simul": {"slot_len": 0}},
+        400,
+        "invalid_parameter",
+    ),
+    (
+        "unknown simul key",
+        {"messages": [{"role": "user", "content": "a"}], "simul": {"speed": 3}},
+        400,
+        "invalid_parameter",
+    ),
+    ("no messages", {"messages": []}, 400, "invalid_parameter"),
+    (
+        "source too long",
+        {"messages": [{"role": "user", "content": "dog " * 1100}]},
+        400,
+        "context_length_exceeded",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, body, status, code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_http_requests_get_their_documented_errors(server, name, body, status, code):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    reply = httpx.post(
+        f"{server.url}/v1/simul/chat/completions",
+        content=content,
+        headers={**server.headers(), "Content-Type": "application/json"},
+    )
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == code and error["message"] and error["type"]
+
+
+def test_api_key_is_enforced_on_the_new_routes(server):
+    body = {"messages": [{"role": "user", "content": "a dog"}]}
+    assert httpx.post(f"{server.url}/v1/simul/chat/completions", json=body).status_code == 401
+    wrong = {"Authorization": "Bearer wrong"}
+    assert (
+        httpx.post(f"{server.url}/v1/simul/chat/completions", json=body, headers=wrong).status_code
+        == 401
+    )
+
+    async def connect(headers):
+        async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
+            await ws.recv()
+
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        asyncio.run(connect(wrong))
+
+
+def test_bad_events_too_many_sessions_and_disconnects_leave_the_server_clean(server, oracle):
+    async def scenario():
+        errors = []
+        async with websockets.connect(server.ws_url, additional_headers=server.headers()) as ws:
+            await ws.recv()
+            for bad in [
+                "not json",
+                json.dumps([1, 2]),
+                json.dumps({"type": "nope"}),
+                json.dumps({"type": "session.update", "session": {"policy": "wait-q"}}),
+                json.dumps({"type": "session.update", "session": {"model": "nope"}}),
+                json.dumps({"type": "input_text.append"}),
+                json.dumps({"type": "input_text.commit"}),
+            ]:
+                await ws.send(bad)
+                errors.append(json.loads(await ws.recv()))
+        # clients that vanish mid-sentence
+        for _ in range(5):
+            ws = await websockets.connect(server.ws_url, additional_headers=server.headers())
+            await ws.recv()
+            await ws.send(json.dumps({"type": "input_text.append", "text": "a man walks in "}))
+            await asyncio.sleep(0.05)
+            await ws.transport.abort() if hasattr(ws, "transport") else await ws.close()
+        # fill every session slot with clients waiting for source (wait-9 reads first)
+        holders = []
+        for _ in range(MAX_SESSIONS):
+            ws = await websockets.connect(server.ws_url, additional_headers=server.headers())
+            await ws.recv()
+            await ws.send(json.dumps({"type": "session.update", "session": {"policy": "wait-9"}}))
+            await ws.recv()
+            await ws.send(json.dumps({"type": "input_text.append", "text": "a "}))
+            holders.append(ws)
+        await asyncio.sleep(0.5)
+        async with websockets.connect(server.ws_url, additional_headers=server.headers()) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "input_text.append", "text": "a dog "}))
+            busy = json.loads(await ws.recv())
+        reply = httpx.post(
+            f"{server.url}/v1/simul/chat/completions",
+            headers=server.headers(),
+            json={"messages": [{"role": "user", "content": "a dog"}]},
+        )
+        for ws in holders:
+            await ws.close()
+        return errors, busy, reply
+
+    errors, busy, reply = asyncio.run(scenario())
+    codes = [e["error"]["code"] for e in errors]
+    assert all(e["type"] == "error" for e in errors)
+    assert codes == [
+        "invalid_json",
+        "invalid_event",
+        "invalid_event",
+        "invalid_parameter",
+        "model_not_found",
+        "invalid_parameter",
+        "empty_source",
+    ]
+    assert busy["type"] == "error" and busy["error"]["code"] == "too_many_sessions"
+    assert busy["error"]["retry_after"] >= 1
+    assert reply.status_code == 429 and "Retry-After" in reply.headers
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stats = server.stats()
+        if stats["open_sessions"] == 0 and stats["free_blocks"] == stats["total_blocks"]:
+            break
+        time.sleep(0.5)
+    assert stats["open_sessions"] == 0 and stats["free_blocks"] == stats["total_blocks"], stats
+    # and it still serves correctly
+    source = "the boy plays with a ball"
+    out = asyncio.run(live(server, [source]))
+    assert out["done"]["text"] == oracle(source, cap=None).text
+
+
+def test_metrics_count_sessions_and_words(server):
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "vllm_exposst_active_sessions" in text
+    words = [
+        line for line in text.splitlines() if line.startswith("vllm_exposst_words_written_total")
+    ]
+    assert words and float(words[0].split()[-1]) > 0
+    assert "vllm_exposst_read_to_write_seconds_count" in text
