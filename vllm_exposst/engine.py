@@ -143,6 +143,8 @@ class SimulEngine:
         for name, path in (lora_modules or {}).items():
             self.add_lora(name, path)
         self._reaper: asyncio.Task | None = None
+        self._admitting = 0  # sessions past the count check, not yet registered
+        self._total_blocks: int | None = None
 
     @classmethod
     def from_engine_args(cls, engine_args: Any = None, /, **kwargs: Any) -> SimulEngine:
@@ -227,26 +229,36 @@ class SimulEngine:
                 f"unknown LoRA adapter {config.lora!r}; known: {sorted(self._lora)}"
             )
         await self._admit()
-        session = Session(self, config, policy)
-        self.sessions[session.id] = session
+        try:
+            session = Session(self, config, policy)
+            self.sessions[session.id] = session
+        finally:
+            self._admitting -= 1
         session.start()
         self._ensure_reaper()
         return session
 
     async def _admit(self) -> None:
-        if len(self.sessions) >= self.max_sessions:
+        """Count the session in before any await, so concurrent opens cannot overshoot."""
+        open_now = len(self.sessions) + self._admitting
+        if open_now >= self.max_sessions:
             raise SessionRejected(
-                f"server busy: {len(self.sessions)} sessions open (limit {self.max_sessions}); "
-                "retry later"
+                f"server busy: {open_now} sessions open (limit {self.max_sessions}); retry later"
             )
-        stats = await self.stats()
-        per_session = math.ceil(self.session_max_tokens / self.block_size)
-        reserved = per_session * (len(self.sessions) + 1)
-        if reserved > stats["total_blocks"]:
-            raise SessionRejected(
-                f"not enough KV cache for another session ({reserved} blocks would be "
-                f"reserved, {stats['total_blocks']} exist); retry later"
-            )
+        self._admitting += 1
+        try:
+            if self._total_blocks is None:
+                self._total_blocks = (await self.stats())["total_blocks"]
+            per_session = math.ceil(self.session_max_tokens / self.block_size)
+            reserved = per_session * (len(self.sessions) + self._admitting)
+            if reserved > self._total_blocks:
+                raise SessionRejected(
+                    f"not enough KV cache for another session ({reserved} blocks would be "
+                    f"reserved, {self._total_blocks} exist); retry later"
+                )
+        except BaseException:
+            self._admitting -= 1
+            raise
 
     def _ensure_reaper(self) -> None:
         if self.idle_timeout and (self._reaper is None or self._reaper.done()):
