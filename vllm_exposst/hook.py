@@ -33,6 +33,7 @@ class PositionTable:
 
     known: list[int] = field(default_factory=list)
     decode: int = 0
+    _array: np.ndarray | None = field(default=None, repr=False)  # ``known``, for lookups
 
     def update(self, start: int, positions: list[int], decode: int) -> None:
         """Tokens ``start...`` get ``positions``; tokens generated since the last chunk
@@ -43,9 +44,12 @@ class PositionTable:
         del self.known[start:]
         self.known.extend(positions)
         self.decode = decode
+        self._array = None
 
     def lookup(self, indices: np.ndarray) -> np.ndarray:
-        known = np.asarray(self.known, dtype=np.int64)
+        if self._array is None:
+            self._array = np.asarray(self.known, dtype=np.int64)
+        known = self._array
         beyond = self.decode + (indices - len(known))
         if len(known) == 0:
             return beyond
