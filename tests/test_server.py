@@ -401,3 +401,27 @@ def test_metrics_count_sessions_and_words(server):
     ]
     assert words and float(words[0].split()[-1]) > 0
     assert "vllm_exposst_read_to_write_seconds_count" in text
+
+
+def test_bad_plugin_options_stop_the_server_with_a_clear_message(model_cache, tmp_path):
+    base = models.tiny_model("llama", model_cache)
+    command = [
+        str(Path(sys.executable).parent / "vllm"),
+        "serve",
+        str(base),
+        "--scheduler-cls",
+        "vllm_exposst.scheduler.ExposstScheduler",
+        "--additional-config",
+        json.dumps({"exposst": {"slot_len": 0}}),
+        "--port",
+        str(free_port()),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "1024",
+    ]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0
+    assert "exposst.slot_len: must be an integer >= 1" in done.stdout + done.stderr
