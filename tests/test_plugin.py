@@ -88,3 +88,10 @@ def test_lora_ops_give_tokens_without_an_adapter_no_contribution():
     lora_cpu_fix.bgmv_expand(out, expand, base, indices, add_inputs=True)
     torch.testing.assert_close(base[0], torch.ones(6))
     torch.testing.assert_close(base[1], 1 + expand[0, 0] @ out[1])
+
+
+def test_exposst_engines_pin_the_v1_model_runner():
+    from vllm.config import VllmConfig
+
+    plugin.register()  # idempotent; vLLM also calls it when it loads plugins
+    assert VllmConfig.use_v2_model_runner.fget(_Config(plugin.SCHEDULER_CLS)) is False

@@ -80,8 +80,29 @@ def register() -> None:
     from . import hook
 
     hook.install()
+    _pin_v1_model_runner()
     _add_engine_utility()
     _attach_routes_when_enabled()
+
+
+def _pin_v1_model_runner() -> None:
+    """Engines with ExPosST run the V1 model runner (the one the hook is written for).
+
+    On CUDA, vLLM 0.32 may pick Model Runner V2 (``VllmConfig.use_v2_model_runner``);
+    for an ExPosST engine that property answers False, as ``VLLM_USE_V2_MODEL_RUNNER=0``
+    would.  Other engines are untouched.
+    """
+    from vllm.config import VllmConfig
+
+    original = VllmConfig.use_v2_model_runner
+    if getattr(original.fget, "_exposst", False):
+        return
+
+    def use_v2_model_runner(self) -> bool:
+        return False if is_enabled(self) else original.fget(self)
+
+    use_v2_model_runner._exposst = True
+    VllmConfig.use_v2_model_runner = property(use_v2_model_runner)
 
 
 def _attach_routes_when_enabled() -> None:
