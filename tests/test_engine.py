@@ -283,3 +283,30 @@ def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_pat
             plain = reference(model, template, *job)
             changed += plain.target_ids != result.target_ids
     assert changed > 0  # the adapters really change the output
+
+
+def test_word_by_word_driving_with_wait_idle(served, engine_loop):
+    """A SimulEval-style driver: push one word, wait until the session needs more,
+    take what it wrote; every piece's delay is the number of words pushed."""
+    _, engine, model, tokenizer, _ = served
+    source = "a man walks in the red park with two dogs"
+    config = SessionConfig(policy="wait-2", slot_len=3, max_target_tokens=CAP)
+
+    async def drive():
+        session = await engine.open(config)
+        seen = []
+        for pushed, word in enumerate(source.split(), 1):
+            await session.push(word + " ")
+            await session.wait_idle()
+            assert session.waiting_for_source != session.ended  # a cap may end it early
+            seen += [(piece.source_words_read, pushed) for piece in session.pending_pieces()]
+        await session.finish()
+        await session.wait_idle()
+        seen += [(p.source_words_read, None) for p in session.pending_pieces()]
+        result = await session.result()
+        await session.close()
+        return seen, result
+
+    seen, result = engine_loop.run(drive())
+    assert all(read == pushed for read, pushed in seen if pushed is not None)
+    assert_matches_reference(model, template_for(tokenizer, config), (source, config), result)

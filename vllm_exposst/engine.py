@@ -307,6 +307,9 @@ class Session:
         self._source_words = 0
         self._source_finished = False
         self._source_event = asyncio.Event()
+        # set while the policy waits for a source word not pushed yet (every piece
+        # written so far is queued by then) and once the session has ended
+        self._idle = asyncio.Event()
         self._pieces: asyncio.Queue[TargetPiece | BaseException | None] = asyncio.Queue()
         self._done = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task | None = None
@@ -342,6 +345,8 @@ class Session:
             self._add_words([self._partial])
             self._partial = ""
         self._source_finished = True
+        if not self.ended:
+            self._idle.clear()
         self._source_event.set()
 
     def _add_words(self, words: list[str]) -> None:
@@ -352,7 +357,37 @@ class Session:
                 self._unit_word.append(self._source_words)
             self._source_words += 1
         if words:
+            if not self.ended:  # an ended session stays idle: nothing will run
+                self._idle.clear()
             self._source_event.set()
+
+    @property
+    def ended(self) -> bool:
+        """The sentence is over (translated, failed or closed)."""
+        return self._done.done()
+
+    @property
+    def waiting_for_source(self) -> bool:
+        """The policy wants a word that has not been pushed; all pieces so far are queued."""
+        return self._idle.is_set() and not self._done.done()
+
+    async def wait_idle(self) -> None:
+        """Until the session waits for more source or has ended (for SimulEval-style
+        drivers that push one word and then collect what it unlocked)."""
+        await self._idle.wait()
+
+    def pending_pieces(self) -> list[TargetPiece]:
+        """Take the pieces written so far without waiting (errors are raised)."""
+        pieces = []
+        while not self._pieces.empty():
+            item = self._pieces.get_nowait()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                self._pieces.put_nowait(None)  # keep the end mark for iterators
+                break
+            pieces.append(item)
+        return pieces
 
     def __aiter__(self) -> AsyncIterator[TargetPiece]:
         return self._iterate()
@@ -410,6 +445,7 @@ class Session:
             if request is not None:
                 await (request.finish() if completed else request.abort())
             self.engine.sessions.pop(self.id, None)
+            self._idle.set()
 
 
 class _Request:
@@ -665,6 +701,7 @@ class _Decoder:
         s = self.s
         while read >= len(s._source_units) and not s._source_finished:
             s._source_event.clear()
+            s._idle.set()
             await s._source_event.wait()
 
     async def run(self) -> SessionResult:
