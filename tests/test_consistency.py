@@ -61,15 +61,38 @@ def test_training_layout_is_what_the_decoder_feeds(tiny_llama, mode):
         assert example.kinds[-1] == "stop" and example.input_ids[-1] == template.stop_id
 
 
-def test_labels_cover_target_and_stop_only(tiny_llama):
+def test_labels_cover_target_stop_and_lookaheads(tiny_llama):
     _, _, template = tiny_llama
-    example = build_example(template, "a dog runs", "ein hund läuft", "wait-1", slot_len=2)
-    labelled = [k for k, label in zip(example.kinds, example.labels) if label != -100]
-    target_tokens = sum(len(w) for w in template.words_ids("ein hund läuft"))
-    assert labelled == ["target"] * target_tokens + ["stop"]
-    assert all(
-        label == token for token, label in zip(example.input_ids, example.labels) if label != -100
+    source, target = "a dog runs in the park", "ein hund läuft"
+    example = build_example(template, source, target, "wait-1", slot_len=2, lookahead_labels=True)
+    target_ids = [t for w in template.words_ids(target) for t in w]
+    own = [i for i, k in enumerate(example.kinds) if k in ("target", "stop")]
+    assert [example.labels[i] for i in own] == [*target_ids, template.stop_id]
+    # a READ after a WRITE: the word's last token is trained to predict what comes next
+    # in the target (the lookahead that ends the word): the next word's first token,
+    # or the stop token once the target is complete
+    expected_lookahead = {}
+    for i, kind in enumerate(example.kinds):
+        if kind == "source" and example.kinds[i - 1] == "target":
+            later = [
+                example.input_ids[j]
+                for j in range(i, len(example))
+                if example.kinds[j] in ("target", "stop")
+            ]
+            expected_lookahead[i] = later[0]
+    assert expected_lookahead  # wait-1 interleaves
+    others = {i for i, label in enumerate(example.labels) if label != -100} - set(own)
+    assert others == set(expected_lookahead)
+    assert all(example.labels[i] == t for i, t in expected_lookahead.items())
+    assert example.labels[max(expected_lookahead)] == template.stop_id  # source outlasts target
+    plain = build_example(template, source, target, "wait-1", slot_len=2)  # contract default
+    assert {i for i, label in enumerate(plain.labels) if label != -100} == set(own)
+    token_level = build_example(
+        template, source, target, "token-wait-1", slot_len=2, lookahead_labels=True
     )
+    assert {i for i, label in enumerate(token_level.labels) if label != -100} == {
+        i for i, k in enumerate(token_level.kinds) if k in ("target", "stop")
+    }
 
 
 def test_incremental_exposst_logits_equal_one_forward_pass_of_the_training_layout(tiny):
@@ -79,7 +102,7 @@ def test_incremental_exposst_logits_equal_one_forward_pass_of_the_training_layou
         result = decoder.translate(source, policy, force_target=target)
         example = build_example(template, source, target, policy, slot_len=slot_len)
         full = one_pass_logprobs(model, example.input_ids, example.position_ids)
-        predicting = [i - 1 for i, label in enumerate(example.labels) if label != -100]
+        predicting = [i - 1 for i, k in enumerate(example.kinds) if k in ("target", "stop")]
         reference = full[predicting]
         incremental = torch.stack(result.step_logprobs)
         assert incremental.shape == reference.shape

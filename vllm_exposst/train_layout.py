@@ -74,11 +74,17 @@ def build_example(
     mode: str = "exposst",
     slot_len: int = 8,
     max_position: int | None = None,
+    lookahead_labels: bool = False,
 ) -> TrainingExample:
     """Input ids, position ids and labels of one pair under a policy and layout mode.
 
     ``exposst`` and ``shift`` keep the policy's event order (they differ in positions
     only); ``offline`` is the ordinary prompt (all source, then the target).
+
+    With ``lookahead_labels`` (word-level policies; off by default, as in the
+    contract), the last target token before a READ is also trained to predict the
+    next target word's first token (or the stop token): that prediction is the
+    lookahead that ends the word at inference.
     """
     policy = parse_policy(policy)
     source_words, target_words = template.words_ids(source), template.words_ids(target)
@@ -116,7 +122,25 @@ def build_example(
         max_position=max_position,
     )
     labels = [t if k in ("target", "stop") else IGNORE_INDEX for t, k in zip(ids, kinds)]
+    if lookahead_labels and policy.unit == "word" and mode != "offline":
+        add_lookahead_labels(ids, kinds, labels)
     return TrainingExample(ids, positions, labels, kinds, events)
+
+
+def add_lookahead_labels(ids: list[int], kinds: list[str], labels: list[int]) -> None:
+    """Label the first source token after a WRITE with the next target (or stop) token.
+
+    HF labels are shifted inside the model: ``labels[i]`` is predicted from token
+    ``i - 1``, here the last token of the word just written.  At inference the token
+    sampled there decides whether the word has ended; without this label nothing
+    trains it when the policy READs next.
+    """
+    upcoming = IGNORE_INDEX
+    for i in range(len(ids) - 1, 0, -1):
+        if kinds[i] in ("target", "stop"):
+            upcoming = ids[i]
+        elif kinds[i] == "source" and kinds[i - 1] == "target":
+            labels[i] = upcoming
 
 
 def fixed_layout_order(example: TrainingExample) -> list[int]:

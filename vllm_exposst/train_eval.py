@@ -1,0 +1,84 @@
+"""Dev scores during training: simultaneous greedy decoding, scored with BLEU.
+
+The dev loss says how well the model fits the layout; BLEU of real simultaneous
+decoding (the transformers reference decoder, the oracle of the vLLM path) says
+whether that turns into translations under the policy sessions will use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .policies import Policy
+from .prompts import PromptTemplate
+from .reference import ReferenceDecoder
+
+# training layout -> the reference decoder's cache mode for dev decoding; an offline
+# model under a simultaneous policy is run with recomputation (test-time wait-k)
+DECODE_MODE = {"exposst": "exposst", "shift": "shift", "offline": "recompute"}
+
+
+class _OnModelDevice:
+    """Moves the reference decoder's CPU tensors to the model's device (GPU training)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.config = model, model.config
+        self.device = next(model.parameters()).device
+
+    def __call__(self, **kwargs: Any) -> Any:
+        moved = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+        return self.model(**moved)
+
+
+@dataclass
+class DevEvaluator:
+    """Translate dev sources under ``policy`` and score them against the references."""
+
+    template: PromptTemplate
+    pairs: list[tuple[str, str]]
+    policy: Policy
+    layout: str
+    slot_len: int
+    max_target_tokens: int | None = None
+
+    @property
+    def mode(self) -> str:
+        return DECODE_MODE[self.layout]
+
+    def translate(self, model: Any) -> list[str]:
+        """Greedy simultaneous translations of the dev sources (model put in eval mode)."""
+        was_training = model.training
+        model.eval()
+        runner = model if _on_cpu(model) else _OnModelDevice(model)
+        decoder = ReferenceDecoder(
+            runner,
+            self.template,
+            mode=self.mode,
+            slot_len=self.slot_len,
+            max_target_tokens=self.max_target_tokens,
+        )
+        try:
+            return [decoder.translate(source, self.policy).text for source, _ in self.pairs]
+        finally:
+            model.train(was_training)
+
+    def __call__(self, model: Any) -> dict[str, float]:
+        hypotheses = self.translate(model)
+        return score(hypotheses, [target for _, target in self.pairs])
+
+
+def score(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu defaults) and the share of exact matches."""
+    import sacrebleu
+
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    exact = sum(h.split() == r.split() for h, r in zip(hypotheses, references))
+    return {"bleu": round(bleu, 2), "exact": exact / max(1, len(references))}
+
+
+def _on_cpu(model: Any) -> bool:
+    parameter = next(model.parameters(), None)
+    return parameter is None or parameter.device.type == "cpu"

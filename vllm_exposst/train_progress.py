@@ -1,0 +1,86 @@
+"""Progress and throughput of a training run, as ``transformers`` callbacks.
+
+Throughput counts non-padding tokens (the trainer's ``num_input_tokens_seen``)
+over the time spent in training steps only: dev decoding and checkpoint writing
+are left out, so the number compares layouts and machines fairly.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+class ThroughputMeter(TrainerCallback):
+    """Training tokens per second, evaluation and saving excluded."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.tokens = 0
+        self._start_tokens = 0
+        self._last = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start_tokens = state.num_input_tokens_seen
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._last
+        self.tokens = state.num_input_tokens_seen - self._start_tokens
+        self._last = now
+
+    def _pause(self, *args: Any, **kwargs: Any) -> None:
+        self._last = time.perf_counter()
+
+    on_evaluate = on_save = _pause
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if any(key.startswith("eval_") for key in logs or {}):
+            self._pause()  # dev decoding ends with a log of its scores
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimizer steps showing the last logged loss and tokens/s."""
+
+    def __init__(self, meter: ThroughputMeter, enabled: bool = True) -> None:
+        self.meter, self.enabled = meter, enabled
+        self.bar: Any = None
+        self.loss: float | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+            postfix = {"tok/s": f"{self.meter.rate:.0f}"}
+            if self.loss is not None:
+                postfix["loss"] = f"{self.loss:.3f}"
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self.loss = float(logs["loss"])
+        shown = {k: v for k, v in logs.items() if k.startswith("eval_")}
+        if shown and self.enabled:
+            text = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()
+            )
+            write = self.bar.write if self.bar is not None else print
+            write(f"step {state.global_step}: {text}")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,524 @@
+"""Policy-consistent LoRA fine-tuning with ``transformers.Trainer`` and PEFT (design section 4).
+
+Each pair becomes one sequence in event order with the allocated position ids
+(:func:`vllm_exposst.train_layout.build_example`); attention is causal over event
+order and the loss covers target tokens and the stop token.  Multi-policy training
+draws one policy per example from the mix (seeded).  The result is a PEFT adapter
+folder that vLLM loads with ``--lora-modules``, plus ``exposst.json`` saying how it
+was trained.
+
+    from vllm_exposst.trainer import TrainConfig, train
+    train(TrainConfig(train=["train.en", "train.de"], output_dir="out", model="default"))
+
+Every input is checked by :func:`prepare` before a step is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from . import models
+from .adapter_meta import write_adapter_meta
+from .layout import LAYOUT_MODES
+from .policies import Policy
+from .prompts import PromptTemplate, build_prompt
+from .train_data import (
+    LayoutDataset,
+    PadCollator,
+    Pair,
+    TokenBudgetBatchSampler,
+    TrainingInputError,
+    build_dataset,
+    inference_policy,
+    read_pairs,
+    sample_policies,
+    training_policies,
+)
+from .train_eval import DECODE_MODE, DevEvaluator
+from .train_progress import ProgressBar, ThroughputMeter
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt")
+CHECKPOINTS = "checkpoints"  # inside the output folder
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the CLI fills it from its flags."""
+
+    train: list[str]  # [source file, target file] or [pairs .tsv / .jsonl]
+    output_dir: str
+    model: str = "default"  # checkpoint folder, "default", "tiny-llama" or "tiny-qwen2"
+    dev: list[str] | None = None
+    source_lang: str = "English"
+    target_lang: str = "German"
+    system_prompt: str | None = None
+    layout: str = "exposst"
+    policy: str = "wait-k:1-9"
+    inference_policy: str | None = None  # default: the single training policy, else wait-3
+    slot_len: int = 8
+    lookahead_labels: bool = False  # train_layout.add_lookahead_labels
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    learning_rate: float = 2e-4
+    schedule: str = "linear"
+    warmup: float = 0.03  # < 1: share of the steps; >= 1: steps
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_tokens: int = 4096  # padded tokens per batch
+    max_batch_size: int | None = None
+    grad_accum: int = 1
+    max_length: int = 256  # longer examples are left out (and counted)
+    max_pairs: int | None = None  # use the first N training pairs
+    seed: int = 0
+    resume: str | None = None  # a checkpoint folder, or "latest"
+    overwrite: bool = False
+    eval_every: int = 500  # steps; 0: only at the end (when dev pairs are given)
+    eval_sentences: int = 100  # dev pairs used for dev loss and decoding
+    save_every: int = 500  # checkpoint interval in steps; 0: none
+    log_every: int = 10
+    bf16: bool = False
+    threads: int | None = None  # torch CPU threads (1 is fastest on a busy CPU)
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class Prepared:
+    """A checked run: model with fresh LoRA layers, prompt pieces and datasets."""
+
+    config: TrainConfig
+    model_path: Path
+    model: Any  # PeftModel
+    tokenizer: Any
+    template: PromptTemplate
+    mix: list[Policy]
+    inference: Policy
+    train_pairs: list[Pair]
+    dev_pairs: list[Pair]
+    train_set: LayoutDataset
+    dev_set: LayoutDataset | None
+    dev_eval: DevEvaluator | None
+    resume_from: str | None
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    meta: dict[str, Any]
+    log_history: list[dict[str, Any]]
+    tokens: int
+    train_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds else 0.0
+
+
+# -- checks ----------------------------------------------------------------------------
+def check_options(config: TrainConfig) -> None:
+    """Option values that need no file or model."""
+    if config.layout not in LAYOUT_MODES:
+        raise TrainingInputError(
+            f"unknown layout {config.layout!r}; expected one of {LAYOUT_MODES}"
+        )
+    if config.schedule not in SCHEDULES:
+        raise TrainingInputError(
+            f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}"
+        )
+    positive = {
+        "slot_len": config.slot_len,
+        "lora_r": config.lora_r,
+        "batch_tokens": config.batch_tokens,
+        "grad_accum": config.grad_accum,
+        "max_length": config.max_length,
+        "log_every": config.log_every,
+        "eval_sentences": config.eval_sentences,
+    }
+    for name, value in positive.items():
+        if not isinstance(value, int) or value < 1:
+            raise TrainingInputError(f"{name} must be an integer >= 1, got {value!r}")
+    if config.max_length > config.batch_tokens:
+        raise TrainingInputError(
+            f"max_length ({config.max_length}) is larger than batch_tokens ({config.batch_tokens})"
+        )
+    if not 0.0 <= config.lora_dropout < 1.0:
+        raise TrainingInputError(f"lora_dropout must be in [0, 1), got {config.lora_dropout}")
+    if config.learning_rate <= 0:
+        raise TrainingInputError(f"learning_rate must be > 0, got {config.learning_rate}")
+    if config.max_steps <= 0 and config.epochs <= 0:
+        raise TrainingInputError("give epochs > 0 or max_steps > 0")
+    if not config.lora_targets:
+        raise TrainingInputError("no LoRA target modules given")
+    if "all-linear" in config.lora_targets and len(config.lora_targets) > 1:
+        raise TrainingInputError("all-linear already names every linear layer: give it alone")
+    if config.max_pairs is not None and config.max_pairs < 1:
+        raise TrainingInputError(f"max_pairs must be >= 1, got {config.max_pairs}")
+    for name in ("eval_every", "save_every"):
+        if getattr(config, name) < 0:
+            raise TrainingInputError(f"{name} must be >= 0, got {getattr(config, name)}")
+
+
+def check_lora_targets(model: Any, targets: list[str]) -> None:
+    """Every target must name linear layers of this model (PEFT's suffix match)."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    known = sorted({n.rsplit(".", 1)[-1] for n in linear})
+    missing = [
+        t
+        for t in targets
+        if t != "all-linear" and not any(n == t or n.endswith(f".{t}") for n in linear)
+    ]
+    if missing:
+        raise TrainingInputError(
+            f"unknown LoRA target module(s) {missing} for this model; its linear layers are "
+            f"{known} (or use all-linear)"
+        )
+
+
+def _check_output(config: TrainConfig) -> Path:
+    out = Path(config.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TrainingInputError(f"output folder {out} is a file")
+    saved = any((out / name).exists() for name in ADAPTER_FILES)
+    used = saved or any((out / CHECKPOINTS).glob("checkpoint-*"))
+    if used and config.resume is None and not config.overwrite:
+        raise TrainingInputError(
+            f"output folder {out} already holds an adapter or checkpoints; "
+            "resume, pick another folder or allow overwriting"
+        )
+    return out
+
+
+def _resume_from(config: TrainConfig, out: Path) -> str | None:
+    if config.resume is None:
+        return None
+    if config.resume == "latest":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        folder = out / CHECKPOINTS
+        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if last is None:
+            raise TrainingInputError(f"nothing to resume: no checkpoint in {folder}")
+        return last
+    path = Path(config.resume).expanduser()
+    if not (path / "trainer_state.json").exists():
+        raise TrainingInputError(f"{path} is not a training checkpoint (no trainer_state.json)")
+    return str(path)
+
+
+def _model_path(config: TrainConfig) -> Path:
+    try:
+        return models.resolve_model(config.model, config.cache_dir)
+    except FileNotFoundError as err:
+        raise TrainingInputError(str(err)) from None
+
+
+# -- preparation -----------------------------------------------------------------------
+def prepare(config: TrainConfig) -> Prepared:
+    """Check every input, load the model with LoRA layers and build the datasets."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    check_options(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    mix = training_policies(config.policy)
+    inference = inference_policy(config.inference_policy, mix)
+    out = _check_output(config)
+    resume_from = _resume_from(config, out)
+    train_pairs = read_pairs(config.train)[: config.max_pairs]
+    dev_pairs = read_pairs(config.dev)[: config.eval_sentences] if config.dev else []
+    model_path = _model_path(config)
+
+    model, tokenizer = models.load(model_path)
+    check_lora_targets(model, config.lora_targets)
+    try:
+        template = build_prompt(
+            tokenizer, config.source_lang, config.target_lang, system_prompt=config.system_prompt
+        )
+    except ValueError as err:
+        raise TrainingInputError(f"prompt of {model_path}: {err}") from None
+    build = dict(
+        mode=config.layout,
+        slot_len=config.slot_len,
+        lookahead_labels=config.lookahead_labels,
+        max_length=config.max_length,
+        max_position=getattr(model.config, "max_position_embeddings", None),
+    )
+    train_set = build_dataset(
+        template,
+        train_pairs,
+        sample_policies(mix, len(train_pairs), config.seed),
+        progress=config.progress,
+        **build,
+    )
+    dev_set = dev_eval = None
+    if dev_pairs:
+        dev_policies = sample_policies(mix, len(dev_pairs), config.seed + 1)
+        dev_set = build_dataset(template, dev_pairs, dev_policies, **build)
+        dev_eval = DevEvaluator(template, dev_pairs, inference, config.layout, config.slot_len)
+
+    set_seed(config.seed)
+    targets = config.lora_targets
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model.train(), lora)
+    return Prepared(
+        config,
+        model_path,
+        model,
+        tokenizer,
+        template,
+        mix,
+        inference,
+        train_pairs,
+        dev_pairs,
+        train_set,
+        dev_set,
+        dev_eval,
+        resume_from,
+    )
+
+
+class LayoutTrainer(Trainer):
+    """``Trainer`` with token-budget batches of the layout dataset and dev BLEU in ``evaluate``."""
+
+    def __init__(
+        self,
+        *args: Any,
+        batch_tokens: int,
+        max_batch_size: int | None = None,
+        dev_eval: DevEvaluator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_tokens, self.max_batch_size, self.dev_eval = (
+            batch_tokens,
+            max_batch_size,
+            dev_eval,
+        )
+
+    def _loader(self, dataset: LayoutDataset, shuffle: bool) -> torch.utils.data.DataLoader:
+        sampler = TokenBudgetBatchSampler(
+            dataset.lengths,
+            self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            shuffle=shuffle,
+            seed=self.args.seed,
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
+        return self._loader(self.eval_dataset if eval_dataset is None else eval_dataset, False)
+
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Dev loss in the training layout, then BLEU of simultaneous greedy decoding."""
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.dev_eval is not None:
+            start = time.perf_counter()
+            scores = self.dev_eval(self.model)
+            extra = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
+            extra[f"{metric_key_prefix}_decode_seconds"] = round(time.perf_counter() - start, 2)
+            self.log(extra)
+            metrics.update(extra)
+        return metrics
+
+
+def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
+    out = Path(config.output_dir).expanduser() / CHECKPOINTS
+    evaluate = has_dev and config.eval_every > 0
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=config.max_batch_size or 1,  # batches come from the sampler
+        per_device_eval_batch_size=config.max_batch_size or 1,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.schedule,
+        warmup_steps=int(config.warmup) if config.warmup >= 1 else config.warmup,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        logging_steps=config.log_every,
+        logging_first_step=True,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=config.eval_every if evaluate else None,
+        prediction_loss_only=True,
+        save_strategy="steps" if config.save_every > 0 else "no",
+        save_steps=config.save_every if config.save_every > 0 else 500,
+        save_total_limit=2,
+        seed=config.seed,
+        bf16=config.bf16,
+        report_to="none",
+        remove_unused_columns=False,  # keep position_ids: PeftModel.forward does not name them
+        label_names=["labels"],
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
+    """The ``Trainer`` for a prepared run, and the meter that times its steps."""
+    config = prepared.config
+    meter = ThroughputMeter()
+    trainer = LayoutTrainer(
+        model=prepared.model,
+        args=training_arguments(config, prepared.dev_set is not None),
+        data_collator=PadCollator(_pad_id(prepared.tokenizer)),
+        train_dataset=prepared.train_set,
+        eval_dataset=prepared.dev_set,
+        processing_class=prepared.tokenizer,
+        callbacks=[meter, ProgressBar(meter, enabled=config.progress)],
+        batch_tokens=config.batch_tokens,
+        max_batch_size=config.max_batch_size,
+        dev_eval=prepared.dev_eval,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer, meter
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+# -- the run ------------------------------------------------------------------------------
+def train(config: TrainConfig) -> TrainResult:
+    """Prepare, train, and write the adapter with ``exposst.json`` and the log."""
+    prepared = prepare(config)
+    trainer, meter = make_trainer(prepared)
+    trainer.train(resume_from_checkpoint=prepared.resume_from)
+    final = _last_eval(trainer.state.log_history, trainer.state.global_step)
+    if prepared.dev_set is not None and not final:
+        final = trainer.evaluate()
+    out = Path(config.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    prepared.model.save_pretrained(out)
+    history = trainer.state.log_history
+    steps = trainer.state.global_step
+    meta = adapter_meta(prepared, steps, history, final, meter)
+    write_adapter_meta(out, meta)
+    (out / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
+    return TrainResult(out, steps, meta, history, meter.tokens, meter.seconds)
+
+
+def _last_eval(history: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    """Dev metrics logged at ``step`` (the periodic evaluation may have run there)."""
+    found: dict[str, Any] = {}
+    for entry in history:
+        if entry.get("step") == step:
+            found.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return found
+
+
+def _dev_record(prepared: Prepared, final: dict[str, Any]) -> dict[str, Any]:
+    """Final dev scores and how they were decoded."""
+    record: dict[str, Any] = {
+        "policy": prepared.inference.spec,
+        "decode_mode": DECODE_MODE[prepared.config.layout],
+        "sentences": len(prepared.dev_pairs),
+    }
+    for key in ("loss", "bleu", "exact", "decode_seconds"):
+        if f"eval_{key}" in final:
+            record[key] = final[f"eval_{key}"]
+    return record
+
+
+def _data_record(files: list[str], pairs: list[Pair], dataset: LayoutDataset) -> dict[str, Any]:
+    return {
+        "files": [str(Path(f).expanduser().resolve()) for f in files],
+        "pairs": len(pairs),
+        "examples": len(dataset),
+        "skipped": dataset.skipped,
+        "tokens": dataset.tokens,
+    }
+
+
+def adapter_meta(
+    prepared: Prepared,
+    steps: int,
+    history: list[dict[str, Any]],
+    final: dict[str, Any],
+    meter: ThroughputMeter,
+) -> dict[str, Any]:
+    """The ``exposst.json`` record: how to run the adapter, and how it was made."""
+    c = prepared.config
+    local = Path(c.model).expanduser()
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    data = {"train": _data_record(c.train, prepared.train_pairs, prepared.train_set)}
+    if prepared.dev_set is not None and c.dev:
+        data["dev"] = _data_record(c.dev, prepared.dev_pairs, prepared.dev_set)
+    return {
+        "layout": c.layout,
+        "policy": "offline" if c.layout == "offline" else c.policy,
+        "inference_policy": prepared.inference.spec,
+        "slot_len": c.slot_len,
+        "lookahead_labels": c.lookahead_labels,
+        "source_lang": c.source_lang,
+        "target_lang": c.target_lang,
+        "system_prompt": c.system_prompt,
+        "base_model": str(local.resolve()) if local.exists() else c.model,
+        "base_model_path": str(prepared.model_path.resolve()),
+        "data": data,
+        "steps": steps,
+        "seed": c.seed,
+        "lora": {
+            "r": c.lora_r,
+            "alpha": c.lora_alpha,
+            "dropout": c.lora_dropout,
+            "target_modules": list(c.lora_targets),
+        },
+        "training": {
+            "learning_rate": c.learning_rate,
+            "schedule": c.schedule,
+            "warmup": c.warmup,
+            "epochs": c.epochs,
+            "max_steps": c.max_steps,
+            "batch_tokens": c.batch_tokens,
+            "grad_accum": c.grad_accum,
+            "max_length": c.max_length,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "tokens": meter.tokens,
+            "train_seconds": round(meter.seconds, 2),
+            "tokens_per_second": round(meter.rate, 1),
+        },
+        "dev": _dev_record(prepared, final) if final else None,
+    }
