@@ -452,8 +452,6 @@ class _Request:
     """One vLLM streaming-input request: chunks in, sampled tokens out."""
 
     def __init__(self, session: Session, salt: str | None) -> None:
-        from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401  (engine must exist)
-
         self.session = session
         self.request_id = f"{session.id}-{uuid.uuid4().hex[:6]}"
         session.request_ids.append(self.request_id)

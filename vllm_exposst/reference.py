@@ -143,13 +143,14 @@ class _Run:
     @torch.no_grad()
     def _flush(self) -> torch.Tensor:
         if self.queue_ids:
+            device = self.d.model.device
             out = self.d.model(
-                input_ids=torch.tensor([self.queue_ids]),
-                position_ids=torch.tensor([self.queue_pos]),
+                input_ids=torch.tensor([self.queue_ids], device=device),
+                position_ids=torch.tensor([self.queue_pos], device=device),
                 past_key_values=self.cache,
                 use_cache=True,
             )
-            self.logits = out.logits[0, -1].float()
+            self.logits = out.logits[0, -1].float().cpu()
             self.fed_ids += self.queue_ids
             self.fed_pos += self.queue_pos
             self.queue_ids, self.queue_pos = [], []

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from .policies import Policy
 from .prompts import PromptTemplate
 from .reference import ReferenceDecoder
@@ -19,18 +17,6 @@ from .reference import ReferenceDecoder
 # training layout -> the reference decoder's cache mode for dev decoding; an offline
 # model under a simultaneous policy is run with recomputation (test-time wait-k)
 DECODE_MODE = {"exposst": "exposst", "shift": "shift", "offline": "recompute"}
-
-
-class _OnModelDevice:
-    """Moves the reference decoder's CPU tensors to the model's device (GPU training)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model, self.config = model, model.config
-        self.device = next(model.parameters()).device
-
-    def __call__(self, **kwargs: Any) -> Any:
-        moved = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
-        return self.model(**moved)
 
 
 @dataclass
@@ -52,9 +38,8 @@ class DevEvaluator:
         """Greedy simultaneous translations of the dev sources (model put in eval mode)."""
         was_training = model.training
         model.eval()
-        runner = model if _on_cpu(model) else _OnModelDevice(model)
-        decoder = ReferenceDecoder(
-            runner,
+        decoder = ReferenceDecoder(  # feeds its tensors on the model's device
+            model,
             self.template,
             mode=self.mode,
             slot_len=self.slot_len,
@@ -77,8 +62,3 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
     exact = sum(h.split() == r.split() for h, r in zip(hypotheses, references))
     return {"bleu": round(bleu, 2), "exact": exact / max(1, len(references))}
-
-
-def _on_cpu(model: Any) -> bool:
-    parameter = next(model.parameters(), None)
-    return parameter is None or parameter.device.type == "cpu"
