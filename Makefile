@@ -14,9 +14,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not realmodel and not engine and not server"
 
+# Live simultaneous translation of examples/sentences.en (DEMO_MODEL=tiny-llama: CI form).
 demo: setup
-	$(VENV)/bin/exposst-decode --model $${DEMO_MODEL:-default} --policy wait-3 \
-		--mode exposst --compare recompute --input examples/sentences.en
+	$(PY) -m vllm_exposst.demo
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

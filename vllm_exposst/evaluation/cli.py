@@ -1,0 +1,197 @@
+"""``exposst-eval``: a test set through one in-process engine, every method and policy.
+
+Writes, under ``--output``: ``<method>/<policy>/instances.log`` (SimulEval's format)
+and ``scores.tsv`` per run, ``record.json`` (scores of every run with command,
+machine, date and versions), ``quality_latency.png`` and ``cost.png``; prints a table.
+
+    exposst-eval --source test.en --target test.de --limit 100 \\
+        --methods exposst,shift,recompute,offline --policies wait-1,3,5,7,9
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..adapter_meta import read_adapter_meta
+from ..engine import SESSION_MODES
+from .data import Pair, load_pairs
+from .logs import write_config, write_instances, write_scores
+from .metrics import DEFAULT_SPEAKING_RATE, score_run
+from .record import write_record
+from .runner import RunSettings, RunSpec, parse_policies, plan_runs, run_spec
+from .runtime import ADAPTER_NAME, engine_options, start_engine
+
+DEFAULT_SLOT_LEN = 8
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="exposst-eval", description=__doc__.split("\n")[0])
+    parser.add_argument("--source", type=Path, required=True, help="one sentence per line")
+    parser.add_argument("--target", type=Path, required=True, help="references, line by line")
+    parser.add_argument("--start", type=int, default=0, help="first line (0-based)")
+    parser.add_argument("--limit", type=int, default=None, help="number of lines")
+    parser.add_argument(
+        "--model", default="default", help="checkpoint folder, 'default' or tiny-llama/tiny-qwen2"
+    )
+    parser.add_argument("--adapter", type=Path, help="PEFT LoRA adapter folder, served by vLLM")
+    parser.add_argument("--methods", default=",".join(SESSION_MODES), help="comma-separated")
+    parser.add_argument("--policies", default="wait-1,3,5,7,9", help="e.g. wait-1,3,5 or wait-3")
+    parser.add_argument(
+        "--slot-len",
+        type=int,
+        default=None,
+        help=f"default: the adapter's, else {DEFAULT_SLOT_LEN}",
+    )
+    parser.add_argument("--max-target-tokens", type=int, default=None)
+    parser.add_argument("--source-lang", default="English")
+    parser.add_argument("--target-lang", default="German")
+    parser.add_argument("--concurrency", type=int, default=16, help="sessions open at once")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_SPEAKING_RATE,
+        help="speaking rate (source words/s) for computation-aware LAAL",
+    )
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="let sessions reuse cached prompt blocks (off: each sentence's count is its own)",
+    )
+    parser.add_argument("--output", type=Path, default=Path("out/eval"))
+    parser.add_argument("--record", type=Path, help="JSON record (default OUTPUT/record.json)")
+    parser.add_argument("--plots", type=Path, help="folder for the PNGs (default OUTPUT)")
+    parser.add_argument("--title", default="", help="title of the plots")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be >= 1")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> RunSettings:
+    """Session settings; an adapter's ``exposst.json`` gives the slot length if none is set."""
+    slot_len = args.slot_len
+    if slot_len is None and args.adapter is not None:
+        slot_len = read_adapter_meta(args.adapter).get("slot_len")
+    return RunSettings(
+        slot_len=int(slot_len or DEFAULT_SLOT_LEN),
+        lora=ADAPTER_NAME if args.adapter is not None else None,
+        max_target_tokens=args.max_target_tokens,
+        source_lang=args.source_lang,
+        target_lang=args.target_lang,
+        concurrency=args.concurrency,
+    )
+
+
+async def evaluate(
+    engine: Any,
+    pairs: list[Pair],
+    runs: list[RunSpec],
+    settings: RunSettings,
+    output: Path,
+    rate: float = DEFAULT_SPEAKING_RATE,
+) -> list[dict[str, Any]]:
+    """Every run on one engine; writes each run's files and returns one row per run."""
+    from tqdm import tqdm
+
+    rows = []
+    with tqdm(total=len(pairs) * len(runs), desc="sentences", unit="sent", file=sys.stderr) as bar:
+        for spec in runs:
+            bar.set_postfix_str(spec.label)
+            hyps, wall = await run_spec(engine, pairs, spec, settings, on_done=lambda: bar.update())
+            scores = score_run(hyps, rate)
+            folder = output / spec.folder
+            write_instances(folder / "instances.log", hyps, rate)
+            write_config(folder)
+            write_scores(folder / "scores.tsv", scores)
+            row = {"method": spec.method, "policy": spec.policy, **scores}
+            row.update(wall_seconds=wall, sentences_per_second=len(pairs) / wall)
+            row["instances"] = str(folder / "instances.log")
+            rows.append(row)
+            bar.write(
+                f"{spec.label}: BLEU {scores['BLEU']:.2f}  LAAL {scores['LAAL']:.2f}  "
+                f"computed/min {scores['computed_over_minimum']:.2f}  {wall:.1f} s"
+            )
+    return rows
+
+
+async def run_all(args: argparse.Namespace, pairs: list[Pair], runs: list[RunSpec]) -> list[dict]:
+    options = engine_options(
+        args.model,
+        args.adapter,
+        max_num_seqs=args.concurrency,
+        max_model_len=args.max_model_len,
+        prefix_caching=args.prefix_caching,
+    )
+    engine = await start_engine(options)
+    try:
+        settings = settings_from(args)
+        # warm-up outside the measurements: the first request pays one-time costs
+        await engine.translate(pairs[0].source, config=settings.session(runs[0]))
+        return await evaluate(engine, pairs, runs, settings, args.output, args.rate)
+    finally:
+        engine.shutdown()
+
+
+def publish(args: argparse.Namespace, rows: list[dict[str, Any]], pairs: list[Pair]) -> Path:
+    """Print the table, draw the plots and write the record; returns the record's path."""
+    from rich.console import Console
+
+    from .plots import plot_cost, plot_quality_latency
+    from .report import summary_table
+
+    console = Console(width=180)
+    console.print(summary_table(rows, title=f"{args.model} on {args.source.name}"))
+    console.print(f"BLEU: {rows[0]['bleu_signature']}\nchrF: {rows[0]['chrf_signature']}")
+    record = args.record or args.output / "record.json"
+    plots = args.plots or args.output
+    title = args.title or f"{args.model}{' + adapter' if args.adapter else ''}, {len(pairs)} sent."
+    images = [
+        plot_quality_latency(rows, plots / "quality_latency.png", title),
+        plot_cost(rows, plots / "cost.png", title),
+    ]
+    write_record(
+        record,
+        rows,
+        model=args.model,
+        adapter=str(args.adapter) if args.adapter else None,
+        source=str(args.source),
+        target=str(args.target),
+        start=args.start,
+        sentences=len(pairs),
+        slot_len=settings_from(args).slot_len,
+        concurrency=args.concurrency,
+        prefix_caching=args.prefix_caching,
+        speaking_rate=args.rate,
+        plots=[str(p) for p in images],
+    )
+    print(f"record: {record}\nplots: {', '.join(str(p) for p in images)}", file=sys.stderr)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        pairs = load_pairs(args.source, args.target, args.start, args.limit)
+        runs = plan_runs(
+            [m.strip() for m in args.methods.split(",") if m.strip()],
+            parse_policies(args.policies),
+        )
+        if not pairs:
+            raise ValueError("the slice of the test set is empty")
+    except (OSError, ValueError) as err:
+        print(f"exposst-eval: {err}", file=sys.stderr)
+        return 2
+    rows = asyncio.run(run_all(args, pairs, runs))
+    gc.collect()  # free the engine's client now, not during interpreter shutdown
+    publish(args, rows, pairs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""An asyncio loop in a thread, and an engine started on it.
+
+SimulEval calls agents synchronously; the engine is asynchronous.  The loop thread
+lets synchronous code (the SimulEval agent, tests) drive sessions with ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from .. import models
+
+ADAPTER_NAME = "adapter"
+# vLLM 0.32 accepts these values of ``max_lora_rank`` only
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 600) -> Any:
+        """Run ``coro`` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def lora_rank(adapter: str | Path) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds the adapter's rank."""
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    rank = int(config.get("r", 8))
+    for allowed in _LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} of {adapter} is above vLLM's limit {_LORA_RANKS[-1]}")
+
+
+def engine_options(
+    model: str,
+    adapter: str | Path | None = None,
+    *,
+    max_num_seqs: int = 32,
+    max_model_len: int = 2048,
+    prefix_caching: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``SimulEngine.from_engine_args`` keywords: float32, eager, optional LoRA adapter.
+
+    ``max_model_len`` is capped at the checkpoint's ``max_position_embeddings``.
+    Prefix caching is off unless asked for: then every sentence's count of computed
+    tokens is its own work, not what sessions that ran earlier left in the cache.
+    """
+    path = models.resolve_model(model)
+    config = json.loads((path / "config.json").read_text())
+    limit = config.get("max_position_embeddings") or max_model_len
+    options: dict[str, Any] = dict(
+        model=str(path),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=min(max_model_len, int(limit)),
+        max_num_seqs=max_num_seqs,
+        disable_log_stats=True,
+        seed=0,
+        enable_prefix_caching=prefix_caching,
+    )
+    if adapter is not None:
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{adapter} is not a PEFT adapter (no adapter_config.json)")
+        options.update(
+            enable_lora=True,
+            max_lora_rank=lora_rank(adapter),
+            max_loras=1,
+            lora_modules={ADAPTER_NAME: str(adapter)},
+        )
+    options.update(extra)
+    return options
+
+
+async def start_engine(options: dict[str, Any]) -> Any:
+    """Start a :class:`~vllm_exposst.engine.SimulEngine`; call it on the loop that will use it."""
+    from ..engine import SimulEngine
+
+    return SimulEngine.from_engine_args(**dict(options))
