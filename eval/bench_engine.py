@@ -20,13 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_common import write_record  # noqa: E402
-
-from vllm_exposst import models  # noqa: E402
-from vllm_exposst.engine import SessionConfig, SimulEngine  # noqa: E402
-from vllm_exposst.models import ENGLISH_WORDS  # noqa: E402
+from vllm_exposst import models
+from vllm_exposst.engine import SessionConfig, SimulEngine
+from vllm_exposst.evaluation.record import write_record
+from vllm_exposst.models import ENGLISH_WORDS
 
 MODES = ("exposst", "shift", "recompute", "offline")
 

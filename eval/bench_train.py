@@ -25,12 +25,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_common import write_record  # noqa: E402
-
-from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS  # noqa: E402
-from vllm_exposst.trainer import TrainConfig, make_trainer, prepare  # noqa: E402
+from vllm_exposst.evaluation.record import write_record
+from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
+from vllm_exposst.trainer import TrainConfig, make_trainer, prepare
 
 TARGET_RATIO = 0.9
 

@@ -24,8 +24,7 @@ from pathlib import Path
 import httpx
 import websockets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import write_record  # noqa: E402
+from vllm_exposst.evaluation.record import write_record
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

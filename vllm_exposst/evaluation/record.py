@@ -1,7 +1,7 @@
-"""The JSON record of a run: command, machine, date, versions (as ``eval/bench_common``).
+"""The JSON record of a run: command, machine, date, versions, git commit.
 
-The package cannot import ``eval/``, so the convention is repeated here; the keys
-are the same, so records of benchmarks and evaluations read alike.
+Every benchmark in ``eval/`` and every ``exposst-eval`` run writes one, so records
+of benchmarks and evaluations read alike.
 """
 
 from __future__ import annotations
