@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from vllm_exposst import models
-from vllm_exposst.engine import SessionConfig, SimulEngine
+from vllm_exposst.engine import SimulEngine
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.models import ENGLISH_WORDS
 
@@ -65,7 +65,6 @@ async def run_level(
     engine: SimulEngine, sentences: list[str], mode: str, level: int, args: argparse.Namespace
 ) -> dict:
     gate = asyncio.Semaphore(level)
-    template = engine.template(SessionConfig())
 
     async def one(source: str):
         async with gate:
@@ -86,9 +85,7 @@ async def run_level(
     ratios, read, steps, target_tokens = [], [], [], 0
     for result, _ in done:
         computed = sum(counts.get(r, 0) for r in result.request_ids)
-        minimum = template.prefix_len + template.header_len + result.source_tokens_read
-        minimum += len(result.target_ids)
-        ratios.append(computed / minimum)
+        ratios.append(computed / result.tokens_minimum)
         read += result.read_latencies
         steps += result.decode_steps
         target_tokens += len(result.target_ids)

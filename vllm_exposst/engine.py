@@ -102,6 +102,7 @@ class SessionResult:
     tokens_sent: int  # tokens the session asked the engine to compute (client count)
     source_words: int
     source_tokens_read: int
+    tokens_minimum: int  # prefix + header + source read + target: each computed once
     request_ids: list[str]
     read_latencies: list[float]  # chunk with new source -> its first sampled token (s)
     decode_steps: list[float]  # seconds per generated token in word-continuation turns
@@ -749,6 +750,10 @@ class _Decoder:
             tokens_sent=s.tokens_sent,
             source_words=s._source_words,
             source_tokens_read=len(self.source_ids),
+            tokens_minimum=t.prefix_len
+            + t.header_len
+            + len(self.source_ids)
+            + len(self.target_ids),
             request_ids=list(s.request_ids),
             read_latencies=list(s.read_latencies),
             decode_steps=list(s.decode_steps),

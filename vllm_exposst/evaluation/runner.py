@@ -111,9 +111,6 @@ async def translate_pair(engine, pair: Pair, config: SessionConfig) -> Hypothesi
         except SessionRejected:
             await asyncio.sleep(_REJECT_BACKOFF)
     seconds = time.perf_counter() - start
-    template = engine.template(config)
-    minimum = template.prefix_len + template.header_len
-    minimum += result.source_tokens_read + len(result.target_ids)
     return Hypothesis(
         index=pair.index,
         source=pair.source,
@@ -121,7 +118,7 @@ async def translate_pair(engine, pair: Pair, config: SessionConfig) -> Hypothesi
         prediction=result.text,
         delays=list(result.delays),
         elapsed=list(result.elapsed),
-        tokens_minimum=minimum,
+        tokens_minimum=result.tokens_minimum,
         seconds=seconds,
         request_ids=list(result.request_ids),
     )
