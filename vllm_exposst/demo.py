@@ -177,9 +177,7 @@ async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
                 *[engine.translate(s, config=replace(config, mode="recompute")) for s in sources]
             )
             baseline_computed = [await engine.tokens_computed(r.request_ids) for r in baseline]
-        template = engine.template(config)
-        fixed = template.prefix_len + template.header_len
-        minimum = [fixed + r.source_tokens_read + len(r.target_ids) for r in results]
+        minimum = [r.tokens_minimum for r in results]
         return {
             "speakers": speakers,
             "results": results,

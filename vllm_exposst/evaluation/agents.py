@@ -20,8 +20,8 @@ the session wrote it.
         --model default --policy wait-3 --mode exposst --slot-len 8
 
 The remote agent (a SimulEval agent that talks to a running ``vllm-exposst`` server
-over WebSocket) belongs next to this one, as ``RemoteExposstAgent`` in this module,
-with its own entry file ``eval/remote_agent.py``; it is written once the server exists.
+over WebSocket, docs/api.md) belongs next to this one, as ``RemoteExposstAgent`` in
+this module, with its own entry file ``eval/remote_agent.py``; not written yet.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +52,9 @@ def git_commit() -> str | None:
 
 
 def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed (quoted where needed, so it can be pasted back)."""
     argv = sys.argv if argv is None else argv
-    return " ".join([Path(argv[0]).name, *argv[1:]])
+    return shlex.join([Path(argv[0]).name, *argv[1:]])
 
 
 def write_record(path: Path, results: object, **extra: object) -> dict:
