@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+import websockets.exceptions
 
 from vllm_exposst import models
 from vllm_exposst.models import ENGLISH_WORDS
@@ -39,6 +40,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SERVER_ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def serve_command(base: Path, options: dict, port: int, *extra: str) -> list[str]:
+    """``vllm serve`` on a tiny checkpoint with the plugin on, float32, eager."""
+    return [
+        str(Path(sys.executable).parent / "vllm"), "serve", str(base),
+        "--scheduler-cls", "vllm_exposst.scheduler.ExposstScheduler",
+        "--additional-config", json.dumps(options), "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", *extra,
+    ]  # fmt: skip
+
+
 class Server:
     def __init__(self, base: Path, adapters: dict[str, Path], log: Path) -> None:
         self.port = free_port()
@@ -46,40 +60,19 @@ class Server:
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/simul/realtime"
         self.base, self.adapters = base, adapters
         options = {"exposst": {"policy": "wait-2", "slot_len": 4, "max_sessions": MAX_SESSIONS}}
-        command = [
-            str(Path(sys.executable).parent / "vllm"),
-            "serve",
-            str(base),
-            "--scheduler-cls",
-            "vllm_exposst.scheduler.ExposstScheduler",
-            "--additional-config",
-            json.dumps(options),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--api-key",
-            API_KEY,
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-            "--max-model-len",
-            "1024",
-            "--max-num-seqs",
-            "48",
-            "--seed",
-            "0",
-            "--enable-lora",
-            "--max-lora-rank",
-            "8",
-            "--max-loras",
-            "2",
-            "--lora-modules",
-            *[f"{name}={path}" for name, path in adapters.items()],
-        ]
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        command = serve_command(
+            base,
+            options,
+            self.port,
+            "--host", "127.0.0.1", "--api-key", API_KEY,
+            "--max-num-seqs", "48", "--seed", "0",
+            "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
+            "--lora-modules", *[f"{name}={path}" for name, path in adapters.items()],
+        )  # fmt: skip
         self.log = log.open("w")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=SERVER_ENV
+        )
         self.wait_ready(log)
 
     def wait_ready(self, log: Path, timeout: float = 300) -> None:
@@ -394,6 +387,7 @@ def test_bad_events_too_many_sessions_and_disconnects_leave_the_server_clean(ser
 
 
 def test_metrics_count_sessions_and_words(server):
+    asyncio.run(live(server, ["two dogs play in the park"]))  # at least one sentence
     text = httpx.get(f"{server.url}/metrics").text
     assert "vllm_exposst_active_sessions" in text
     words = [
@@ -405,23 +399,7 @@ def test_metrics_count_sessions_and_words(server):
 
 def test_bad_plugin_options_stop_the_server_with_a_clear_message(model_cache, tmp_path):
     base = models.tiny_model("llama", model_cache)
-    command = [
-        str(Path(sys.executable).parent / "vllm"),
-        "serve",
-        str(base),
-        "--scheduler-cls",
-        "vllm_exposst.scheduler.ExposstScheduler",
-        "--additional-config",
-        json.dumps({"exposst": {"slot_len": 0}}),
-        "--port",
-        str(free_port()),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-model-len",
-        "1024",
-    ]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    command = serve_command(base, {"exposst": {"slot_len": 0}}, free_port())
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=SERVER_ENV)
     assert done.returncode != 0
     assert "exposst.slot_len: must be an integer >= 1" in done.stdout + done.stderr
