@@ -158,7 +158,7 @@ async def live(server: Server, pieces: list[str], session: dict | None = None) -
             elif event["type"] == "response.output_text.done":
                 await ws.send(json.dumps({"type": "session.close"}))
                 return {"deltas": deltas, "done": event}
-            else:
+            elif event["type"] != "input_text.waiting":  # sent between appends
                 raise AssertionError(event)
 
 
@@ -182,6 +182,45 @@ def test_websocket_live_session_equals_the_reference(server, oracle):
         d["source_words_read"] for d in out["deltas"]
     )
     assert len(done["elapsed_ms"]) == len(done["delays"])
+
+
+def test_websocket_waiting_event_follows_what_the_source_unlocked(server, oracle):
+    """``input_text.waiting``: once per wait, after the deltas written before it."""
+    source = "a man is walking in the park with two dogs"
+    appends = ["a ", "man is wal", "king in ", "the ", "pa", "rk with two ", "dogs"]
+
+    async def scenario():
+        async with websockets.connect(server.ws_url, additional_headers=server.headers()) as ws:
+            await ws.recv()
+
+            async def until(kind: str) -> dict:
+                while (event := json.loads(await asyncio.wait_for(ws.recv(), 60)))["type"] != kind:
+                    events.append(event)
+                return event
+
+            events = []
+            for text in appends:  # after each one, everything until the session waits
+                await ws.send(json.dumps({"type": "input_text.append", "text": text}))
+                if text not in ("pa", "dogs"):  # those complete no word: no new wait
+                    events.append(await until("input_text.waiting"))
+            await ws.send(json.dumps({"type": "input_text.commit"}))
+            return events, await until("response.output_text.done")
+
+    events, done = asyncio.run(scenario())
+    ref = oracle(source, policy="wait-2", cap=None)
+    assert done["text"] == ref.text and done["delays"] == ref.delays
+    waits = [e["source_words_read"] for e in events if e["type"] == "input_text.waiting"]
+    assert waits == [1, 3, 5, 6, 9]  # "dogs" waits for the commit
+    # a delta between two waiting events was unlocked by the words between them
+    previous = 0
+    for event in events:
+        assert event["type"] in ("response.output_text.delta", "input_text.waiting"), event
+        if event["type"] == "input_text.waiting":
+            previous = event["source_words_read"]
+        else:
+            assert event["source_words_read"] > previous
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas).strip() == ref.text
 
 
 def test_openai_client_streaming_and_not_all_four_modes(server, oracle):

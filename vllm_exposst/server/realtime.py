@@ -6,6 +6,9 @@ text; partial words wait for a space or the commit), ``input_text.commit`` (the
 source is complete) and ``session.close``.  Server events: ``session.created``,
 ``session.updated``, ``response.output_text.delta`` (``delta``,
 ``source_words_read``, ``time`` since the sentence started, ``timestamp``),
+``input_text.waiting`` (``source_words_read``, ``timestamp``: the session has
+written everything it will write for the source so far and waits for more; sent
+once each time it comes to wait, after the deltas before it),
 ``response.output_text.done`` (``text``, ``delays``, ``elapsed_ms``,
 ``tokens_computed``) and ``error`` ({"error": {type, code, message}}).  A new
 source after ``done`` starts a fresh sentence.
@@ -18,14 +21,41 @@ import contextlib
 import json
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from ..engine import Session, SessionRejected
+from ..engine import Session, SessionRejected, TargetPiece
+from ..prompts import split_words
 from . import metrics
 from .context import SIMUL_KEYS, ServerContext
 from .errors import ApiError, api_error
+
+
+@dataclass
+class Sentence:
+    """The sentence in progress: its session and the source words it was given."""
+
+    session: Session
+    words: int = 0  # complete source words pushed
+    partial: str = ""  # text after the last whitespace: a word still arriving
+    # set when the source changed (a word completed, or the commit): the session may
+    # write again, and then wait again
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def push(self, text: str) -> None:
+        await self.session.push(text)
+        combined = self.partial + text  # counted as Session.push counts
+        words = split_words(combined)
+        self.partial = words.pop() if combined and not combined[-1].isspace() and words else ""
+        if words:
+            self.words += len(words)
+            self.changed.set()
+
+    async def finish(self) -> None:
+        await self.session.finish()
+        self.changed.set()
 
 
 class RealtimeConnection:
@@ -35,7 +65,7 @@ class RealtimeConnection:
         self.ws, self.context = websocket, context
         self.id = f"sess_{uuid.uuid4().hex[:16]}"
         self.settings: dict[str, Any] = {}
-        self.session: Session | None = None
+        self.sentence: Sentence | None = None
         self.forwarder: asyncio.Task | None = None
         self.lock = asyncio.Lock()
 
@@ -83,41 +113,86 @@ class RealtimeConnection:
         text = event.get("text")
         if not isinstance(text, str):
             raise ApiError(400, "input_text.append needs a string 'text'", param="text")
-        if self.session is None:
+        if self.sentence is None or self.sentence.session.ended:  # ended before the commit
             await self._start_sentence()
-        await self.session.push(text)
+        await self.sentence.push(text)
 
     async def on_commit(self, event: dict[str, Any]) -> None:
-        if self.session is None:
+        if self.sentence is None:
             raise ApiError(400, "nothing to commit: append source text first", code="empty_source")
-        session, self.session = self.session, None
-        await session.finish()
+        sentence, self.sentence = self.sentence, None
+        await sentence.finish()
 
     async def _start_sentence(self) -> None:
         config = self.context.session_config(
             self.settings.get("model"), {k: v for k, v in self.settings.items() if k in SIMUL_KEYS}
         )
         try:
-            self.session = await self.context.engine.open(config)
+            session = await self.context.engine.open(config)
         except SessionRejected:
             metrics.SESSIONS_REJECTED.inc()
             raise
         metrics.ACTIVE_SESSIONS.inc()
-        self.forwarder = asyncio.ensure_future(self._forward(self.session))
+        self.sentence = Sentence(session)
+        self.forwarder = asyncio.ensure_future(self._forward(self.sentence))
 
-    async def _forward(self, session: Session) -> None:
-        """Send the sentence's pieces as deltas, then its summary."""
+    async def _send_delta(self, piece: TargetPiece) -> None:
+        await self.send(
+            {
+                "type": "response.output_text.delta",
+                "delta": piece.text,
+                "source_words_read": piece.source_words_read,
+                "time": round(piece.time, 4),
+                "timestamp": time.time(),
+            }
+        )
+
+    async def _forward(self, sentence: Sentence) -> None:
+        """Send the sentence's pieces as deltas as they come, ``input_text.waiting``
+        each time the session comes to wait for more source, then the summary."""
+        session = sentence.session
+        pieces = aiter(session)
+        next_piece = asyncio.ensure_future(anext(pieces))
+        # watch the session until it waits for source; once that was announced, watch
+        # the source until it changes (then the session may write and wait again)
+        watch: asyncio.Future | None = asyncio.ensure_future(session.wait_idle())
+        announced = False
         try:
-            async for piece in session:
-                await self.send(
-                    {
-                        "type": "response.output_text.delta",
-                        "delta": piece.text,
-                        "source_words_read": piece.source_words_read,
-                        "time": round(piece.time, 4),
-                        "timestamp": time.time(),
-                    }
+            while True:
+                await asyncio.wait(
+                    [f for f in (next_piece, watch) if f is not None],
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+                if next_piece.done():
+                    try:
+                        piece = next_piece.result()
+                    except StopAsyncIteration:
+                        break
+                    await self._send_delta(piece)
+                    next_piece = asyncio.ensure_future(anext(pieces))
+                elif announced:  # the source changed since the last waiting event
+                    announced = False
+                    watch = asyncio.ensure_future(session.wait_idle())
+                elif session.waiting_for_source:
+                    # everything written for this source is queued by now: take it
+                    # (before any await, so that the count and the pieces agree)
+                    sentence.changed.clear()
+                    words, ready = sentence.words, session.pending_pieces()
+                    for piece in ready:
+                        await self._send_delta(piece)
+                    await self.send(
+                        {
+                            "type": "input_text.waiting",
+                            "source_words_read": words,
+                            "timestamp": time.time(),
+                        }
+                    )
+                    announced = True
+                    watch = asyncio.ensure_future(sentence.changed.wait())
+                elif session.ended:
+                    watch = None  # the pieces left and the end come through next_piece
+                else:  # new source arrived before this task saw the session wait
+                    watch = asyncio.ensure_future(session.wait_idle())
             result = await session.result()
             metrics.observe_result(result)
             tokens = await self.context.engine.tokens_computed(result.request_ids)
@@ -130,20 +205,23 @@ class RealtimeConnection:
                     "tokens_computed": tokens,
                 }
             )
-        except (WebSocketDisconnect, RuntimeError):
+        except WebSocketDisconnect:
             pass  # the client left; close() frees the session
-        except Exception as exc:
+        except Exception as exc:  # the session failed (or sending did: the client left)
             with contextlib.suppress(Exception):
                 await self.send_error(exc)
         finally:
+            for task in (next_piece, watch):
+                if task is not None and not task.done():
+                    task.cancel()
             metrics.ACTIVE_SESSIONS.dec()
             await session.close()
 
     async def close(self) -> None:
         """Free everything this connection holds (also on a dropped connection)."""
-        if self.session is not None:
-            await self.session.abort()
-            self.session = None
+        if self.sentence is not None:
+            await self.sentence.session.abort()
+            self.sentence = None
         if self.forwarder is not None and not self.forwarder.done():
             self.forwarder.cancel()
             with contextlib.suppress(BaseException):
