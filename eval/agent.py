@@ -3,8 +3,8 @@
 Agent options: ``--model`` (checkpoint folder, ``default`` or ``tiny-llama``),
 ``--adapter`` (LoRA folder), ``--policy``, ``--mode``, ``--slot-len``,
 ``--source-lang``, ``--target-lang``, ``--max-target-tokens``.  The code lives in
-:mod:`vllm_exposst.evaluation.agents`.  (The WebSocket agent for a running server
-will get its own file, ``eval/remote_agent.py``.)
+:mod:`vllm_exposst.evaluation.agents`.  For sessions on a running server, over its
+WebSocket, use ``eval/remote_agent.py``.
 """
 
 from simuleval.utils import entrypoint
