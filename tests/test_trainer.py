@@ -32,7 +32,14 @@ from vllm_exposst.train_layout import (
     fixed_layout_mask,
     fixed_layout_order,
 )
-from vllm_exposst.trainer import LayoutTrainer, TrainConfig, make_trainer, prepare, train
+from vllm_exposst.trainer import (
+    LayoutTrainer,
+    TrainConfig,
+    cast_adapter_weights,
+    make_trainer,
+    prepare,
+    train,
+)
 
 from .conftest import start_engine
 
@@ -445,6 +452,7 @@ BAD_INPUTS = {
     "bad dev": (["--dev-source", "{d}/three.en", "--dev-target", "{d}/two.de"], "misaligned"),
     "too long": (["--max-length", "20"], "longer than max_length=20"),
     "zero slot": (["--slot-len", "0"], "slot_len must be an integer >= 1"),
+    "zero minutes": (["--max-minutes", "0"], "max_minutes must be > 0"),
     "all-linear and more": (["--lora-targets", "all-linear,q_proj"], "give it alone"),
 }
 
@@ -482,3 +490,63 @@ def test_an_existing_adapter_is_not_overwritten_silently(tmp_path, model_path, c
     argv = ["--source", files[0], "--target", files[1], "--model", str(model_path), "-o", str(out)]
     assert main(argv) == 2
     assert "already holds an adapter" in capsys.readouterr().err
+
+
+def test_a_time_limit_stops_the_run_and_keeps_its_adapter(tmp_path, model_path):
+    pairs = cipher_pairs(seed=3, count=60)
+    config = TrainConfig(
+        train=write_pairs(tmp_path, "train", pairs),
+        output_dir=str(tmp_path / "out"),
+        model=str(model_path),
+        slot_len=4,
+        max_steps=500,
+        batch_tokens=300,
+        max_minutes=0.002,  # 0.12 s: a few steps
+        save_every=0,
+        progress=False,
+    )
+    result = train(config)
+    training = result.meta["training"]
+    assert 1 <= result.steps < 500 and training["planned_steps"] == 500
+    assert training["stopped_by_time_limit"] is True
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    data = result.meta["data"]["train"]
+    assert data["mean_tokens"] == round(data["tokens"] / data["examples"], 2)
+    # reserved slots: the position span of an ExPosST example exceeds its token count
+    assert data["mean_positions"] > data["mean_tokens"]
+
+
+def test_a_bfloat16_adapter_holds_the_rounded_weights_and_loads_in_peft(tmp_path, model_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    config = TrainConfig(
+        train=write_pairs(tmp_path, "train", cipher_pairs(seed=4, count=20)),
+        output_dir=str(tmp_path / "f32"),
+        model=str(model_path),
+        learning_rate=1e-2,
+        max_steps=3,
+        batch_tokens=300,
+        save_every=0,
+        progress=False,
+    )
+    train(config)
+    folder = tmp_path / "f32"
+    full = load_file(str(folder / "adapter_model.safetensors"))
+    half = tmp_path / "bf16"
+    half.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (half / name).write_bytes((folder / name).read_bytes())
+    cast_adapter_weights(half, "bfloat16")
+    stored = load_file(str(half / "adapter_model.safetensors"))
+    assert stored.keys() == full.keys()
+    assert all(t.dtype == torch.bfloat16 for t in stored.values())
+    assert any(t.abs().max() > 0 for t in stored.values())  # trained B matrices are not zero
+
+    base, _ = models.load(model_path)
+    peft_model = PeftModel.from_pretrained(base, str(half))
+    loaded = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(full)
+    for name, value in full.items():
+        key = name.replace(".weight", ".default.weight")  # PEFT names the adapter "default"
+        assert torch.equal(loaded[key].float(), value.to(torch.bfloat16).float()), name

@@ -79,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument("--max-length", type=int, default=256, help="longer examples are left out")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    opt.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this many minutes of training and save (exposst.json records it)",
+    )
     opt.add_argument("--threads", type=int, help="torch CPU threads")
 
     run = p.add_argument_group("run")
@@ -92,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations")
     run.add_argument("--eval-sentences", type=int, default=100, help="dev pairs to use")
     run.add_argument("--save-every", type=int, default=500, help="checkpoint interval; 0: none")
+    run.add_argument(
+        "--save-dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="adapter weights as stored (bfloat16 halves the file)",
+    )
     run.add_argument("--log-every", type=int, default=10)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -151,6 +162,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         save_every=args.save_every,
         log_every=args.log_every,
         bf16=args.bf16,
+        max_minutes=args.max_minutes,
+        save_dtype=args.save_dtype,
         threads=args.threads,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,

@@ -180,6 +180,11 @@ class LayoutDataset(torch.utils.data.Dataset):
     def tokens(self) -> int:
         return sum(self.lengths)
 
+    @property
+    def positions(self) -> int:
+        """Position ids spanned (last position + 1, summed): reserved slots count here."""
+        return sum(max(e.position_ids) + 1 for e in self.examples)
+
 
 def build_dataset(
     template: PromptTemplate,

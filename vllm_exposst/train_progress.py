@@ -72,8 +72,14 @@ class ProgressBar(TrainerCallback):
         logs = logs or {}
         if "loss" in logs:
             self.loss = float(logs["loss"])
+            if not self.enabled:  # plain lines for log files (runs in the background)
+                print(
+                    f"step {state.global_step}/{state.max_steps} loss={self.loss:.4f} "
+                    f"tok/s={self.meter.rate:.0f}",
+                    flush=True,
+                )
         shown = {k: v for k, v in logs.items() if k.startswith("eval_")}
-        if shown and self.enabled:
+        if shown:
             text = " ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()
             )
@@ -84,3 +90,24 @@ class ProgressBar(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class TimeLimit(TrainerCallback):
+    """Stops training after ``minutes`` of wall-clock time; the run then saves as usual.
+
+    For a lent machine with a hard time limit: the adapter of the steps done is kept
+    (``exposst.json`` records the steps and that the limit stopped the run).
+    """
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60.0
+        self.start = time.perf_counter()
+        self.stopped = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if time.perf_counter() - self.start >= self.seconds:
+            self.stopped = True
+            control.should_training_stop = True

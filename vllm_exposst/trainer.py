@@ -42,7 +42,7 @@ from .train_data import (
     training_policies,
 )
 from .train_eval import DECODE_MODE, DevEvaluator
-from .train_progress import ProgressBar, ThroughputMeter
+from .train_progress import ProgressBar, ThroughputMeter, TimeLimit
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt")
@@ -89,6 +89,8 @@ class TrainConfig:
     save_every: int = 500  # checkpoint interval in steps; 0: none
     log_every: int = 10
     bf16: bool = False
+    max_minutes: float | None = None  # stop (and save) after this much training time
+    save_dtype: str = "float32"  # adapter weights as stored: bfloat16/float16 halve the file
     threads: int | None = None  # torch CPU threads (1 is fastest on a busy CPU)
     cache_dir: str | None = None
     progress: bool = True
@@ -134,6 +136,12 @@ def check_options(config: TrainConfig) -> None:
         raise TrainingInputError(
             f"unknown layout {config.layout!r}; expected one of {LAYOUT_MODES}"
         )
+    if config.save_dtype not in SAVE_DTYPES:
+        raise TrainingInputError(
+            f"unknown save dtype {config.save_dtype!r}; expected one of {list(SAVE_DTYPES)}"
+        )
+    if config.max_minutes is not None and not config.max_minutes > 0:
+        raise TrainingInputError(f"max_minutes must be > 0, got {config.max_minutes!r}")
     if config.schedule not in SCHEDULES:
         raise TrainingInputError(
             f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}"
@@ -400,7 +408,11 @@ def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
         train_dataset=prepared.train_set,
         eval_dataset=prepared.dev_set,
         processing_class=prepared.tokenizer,
-        callbacks=[meter, ProgressBar(meter, enabled=config.progress)],
+        callbacks=[
+            meter,
+            ProgressBar(meter, enabled=config.progress),
+            *([TimeLimit(config.max_minutes)] if config.max_minutes else []),
+        ],
         batch_tokens=config.batch_tokens,
         max_batch_size=config.max_batch_size,
         dev_eval=prepared.dev_eval,
@@ -431,12 +443,32 @@ def train(config: TrainConfig) -> TrainResult:
     out = Path(config.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     prepared.model.save_pretrained(out)
+    cast_adapter_weights(out, config.save_dtype)
     history = trainer.state.log_history
     steps = trainer.state.global_step
     meta = adapter_meta(prepared, steps, history, final, meter)
+    meta["training"]["planned_steps"] = trainer.state.max_steps
+    meta["training"]["stopped_by_time_limit"] = any(
+        isinstance(cb, TimeLimit) and cb.stopped for cb in trainer.callback_handler.callbacks
+    )
     write_adapter_meta(out, meta)
     (out / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
     return TrainResult(out, steps, meta, history, meter.tokens, meter.seconds)
+
+
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cast_adapter_weights(folder: Path, dtype: str) -> None:
+    """Store the adapter's floating-point weights as ``dtype`` (vLLM and PEFT cast on load)."""
+    if dtype == "float32":
+        return
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    cast = {k: v.to(SAVE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(cast, str(path), metadata={"format": "pt"})
 
 
 def _last_eval(history: list[dict[str, Any]], step: int) -> dict[str, Any]:
@@ -468,6 +500,8 @@ def _data_record(files: list[str], pairs: list[Pair], dataset: LayoutDataset) ->
         "examples": len(dataset),
         "skipped": dataset.skipped,
         "tokens": dataset.tokens,
+        "mean_tokens": round(dataset.tokens / max(len(dataset), 1), 2),
+        "mean_positions": round(dataset.positions / max(len(dataset), 1), 2),
     }
 
 
