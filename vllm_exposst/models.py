@@ -290,6 +290,25 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         tokenizer.save_pretrained(staging)
 
 
+def weights_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """sha256 over a checkpoint's tensors (names and float32 bytes, sorted by name).
+
+    Says whether two conversions (say, here and on a lent GPU machine) hold the same
+    weights, whatever the file layout.
+    """
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        tensors = load_file(str(file))
+        for name in sorted(tensors):
+            digest.update(name.encode())
+            digest.update(tensors[name].float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def default_model(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Path of SmolLM2-135M-Instruct as a float32 checkpoint, fetched and converted once."""
     target = cache_root(cache_dir) / DEFAULT_MODEL_NAME

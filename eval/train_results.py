@@ -1,0 +1,162 @@
+"""Train the adapters of the results page (docs/results.md) with ``exposst-train``.
+
+One base model, one data set, one budget; the runs differ only in layout, policy
+mix and ``slot_len``:
+
+    offline         offline SFT (the quality ceiling, and the model the recompute
+                    and shift baselines run at test time)
+    exposst         ExPosST layout, wait-k mix k in 1..9, slot_len 8 (the default adapter)
+    shift           shift layout (conversational baseline), same mix
+    exposst-slotN   ExPosST at slot_len N, for the slot_len sensitivity
+
+Each run is an ``exposst-train`` process with its own log file
+(``OUT/logs/NAME.log``); ``--parallel`` runs several at once (on a GPU a 135M
+model leaves room for several).  The end prints a table and writes
+``OUT/train_results.json`` (command, machine, date, versions, each run's
+``exposst.json``).
+
+    .venv/bin/python eval/train_results.py --model default \\
+        --train ../shared/data/results/train.tsv --out runs/results --parallel 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vllm_exposst.evaluation.record import write_record
+
+SIMUL_MIX = "wait-k:1-9"
+RUNS: dict[str, list[str]] = {
+    "offline": ["--layout", "offline"],
+    "exposst": ["--layout", "exposst", "--policy", SIMUL_MIX, "--slot-len", "8"],
+    "shift": ["--layout", "shift", "--policy", SIMUL_MIX],
+    "exposst-slot2": ["--layout", "exposst", "--policy", SIMUL_MIX, "--slot-len", "2"],
+    "exposst-slot4": ["--layout", "exposst", "--policy", SIMUL_MIX, "--slot-len", "4"],
+    "exposst-slot16": ["--layout", "exposst", "--policy", SIMUL_MIX, "--slot-len", "16"],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="default", help="checkpoint folder, default")
+    parser.add_argument("--train", nargs="+", required=True, help="pairs .tsv, or SRC TGT")
+    parser.add_argument("--out", type=Path, required=True, help="folder for adapters and logs")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=int, default=16)
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per run")
+    parser.add_argument("--max-minutes", type=float, help="training time limit per run")
+    parser.add_argument("--note", default="", help="kept in the record (e.g. where it ran)")
+    return parser.parse_args(argv)
+
+
+def train_command(name: str, args: argparse.Namespace) -> list[str]:
+    files = args.train
+    if len(files) == 1:
+        data = ["--pairs", files[0]]
+    else:
+        data = ["--source", files[0], "--target", files[1]]
+    cmd = [sys.executable, "-m", "vllm_exposst.train_cli", "--model", args.model, *data]
+    cmd += RUNS[name]
+    if name != "offline":
+        cmd += ["--lookahead-labels"]
+    cmd += ["--epochs", str(args.epochs), "--lr", str(args.lr), "--schedule", "cosine"]
+    cmd += ["--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha)]
+    cmd += ["--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed)]
+    cmd += ["--save-every", "0", "--log-every", "20", "--no-progress", "--save-dtype", "bfloat16"]
+    cmd += ["--bf16"] if args.bf16 else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
+    return cmd + ["--overwrite", "-o", str(args.out / name)]
+
+
+def last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return lines[-1][-100:] if lines else ""
+
+
+def run_all(args: argparse.Namespace) -> dict[str, int]:
+    """Start the runs, ``--parallel`` at a time; print each one's last log line every 30 s."""
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    waiting, running, codes = list(args.runs), {}, {}
+    last_report = 0.0
+    while waiting or running:
+        while waiting and len(running) < args.parallel:
+            name = waiting.pop(0)
+            log = (logs / f"{name}.log").open("w")
+            running[name] = subprocess.Popen(
+                train_command(name, args), stdout=log, stderr=subprocess.STDOUT
+            )
+            print(f"started {name}: {' '.join(train_command(name, args)[1:])}", flush=True)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                codes[name] = proc.returncode
+                del running[name]
+                print(f"finished {name} (exit {proc.returncode})", flush=True)
+        if time.monotonic() - last_report > 30:
+            last_report = time.monotonic()
+            for name in running:
+                print(f"  {name}: {last_line(logs / f'{name}.log')}", flush=True)
+        time.sleep(2)
+    return codes
+
+
+def summary(args: argparse.Namespace, codes: dict[str, int]) -> list[dict]:
+    rows = []
+    header = "run              exit  steps/plan  stopped  loss first->last   tok/s  tok/ex  pos/ex"
+    print(header)
+    for name in args.runs:
+        meta_path = args.out / name / "exposst.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+        rows.append({"run": name, "exit": codes.get(name), "meta": meta})
+        if meta is None:
+            print(f"{name:16s} {codes.get(name)!s:>4s}  (no adapter)")
+            continue
+        t, d = meta["training"], meta["data"]["train"]
+        steps = f"{meta['steps']:>5d}/{t.get('planned_steps')!s:<5s}"
+        stopped = str(t.get("stopped_by_time_limit"))
+        losses = f"{t['first_loss']:.3f} -> {t['last_loss']:.3f}"
+        print(
+            f"{name:16s} {codes.get(name)!s:>4s}  {steps}  {stopped:7s}  {losses}"
+            f"  {t['tokens_per_second']:>7.0f}  {d['mean_tokens']:6.1f}  {d['mean_positions']:6.1f}"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.time()
+    codes = run_all(args)
+    rows = summary(args, codes)
+    device = "cpu"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            device = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    write_record(
+        args.out / "train_results.json",
+        rows,
+        device=device,
+        note=args.note,
+        wall_seconds=round(time.time() - start, 1),
+    )
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
