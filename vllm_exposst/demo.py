@@ -6,8 +6,9 @@ chrF against the references shipped next to the sentences, LAAL per sentence
 (SimulEval's scorer), and the tokens the engine computed against the minimum, with
 the recompute baseline on the same sentences for comparison.
 
-``DEMO_MODEL=tiny-llama make demo`` (or ``--model``) is the reduced form for CI.  If
-``adapters/exposst-smollm2/`` holds a PEFT adapter, the default model serves it.
+``DEMO_MODEL=tiny-llama make demo`` (or ``--model``) is the reduced form for CI.  The
+default model serves the repository's ExPosST adapter, ``adapters/exposst-smollm2/``
+(trained as docs/results.md says); ``--no-adapter`` runs the base model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-DEFAULT_ADAPTER = Path("adapters/exposst-smollm2")
+# the repository's adapter, found from the source tree (an editable install)
+DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "exposst-smollm2"
 DEFAULT_RATE = 2.5  # words per second, an ordinary speaking rate
 
 
@@ -35,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="checkpoint folder, 'default' or tiny-llama (env DEMO_MODEL)",
     )
     parser.add_argument("--adapter", type=Path, help=f"LoRA adapter (default {DEFAULT_ADAPTER})")
+    parser.add_argument("--no-adapter", action="store_true", help="the base model alone")
     parser.add_argument("--sentences", type=Path, default=Path("examples/sentences.en"))
     parser.add_argument("--references", type=Path, default=Path("examples/sentences.de"))
     parser.add_argument("--policy", default=None, help="default: the adapter's, else wait-3")
@@ -53,6 +56,8 @@ def pick_adapter(args: argparse.Namespace) -> Path | None:
     """The adapter to serve: the one asked for, else the repo's one on the default model."""
     if args.adapter is not None:
         return args.adapter
+    if args.no_adapter:
+        return None
     if args.model == "default" and (DEFAULT_ADAPTER / "adapter_config.json").exists():
         return DEFAULT_ADAPTER
     return None
