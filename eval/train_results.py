@@ -7,7 +7,8 @@ mix and ``slot_len``:
                     and shift baselines run at test time)
     exposst         ExPosST layout, wait-k mix k in 1..9, slot_len 8 (the default adapter)
     shift           shift layout (conversational baseline), same mix
-    exposst-slotN   ExPosST at slot_len N, for the slot_len sensitivity
+    *-la            the same with lookahead labels (an ablation)
+    exposst-la-slotN  ExPosST with lookahead labels at slot_len N (slot_len sensitivity)
 
 Each run is an ``exposst-train`` process with its own log file
 (``OUT/logs/NAME.log``); ``--parallel`` runs several at once (on a GPU a 135M
@@ -31,13 +32,18 @@ from pathlib import Path
 from vllm_exposst.evaluation.record import write_record
 
 SIMUL_MIX = "wait-k:1-9"
+EXPOSST = ["--layout", "exposst", "--policy", SIMUL_MIX]
+LOOKAHEAD = ["--lookahead-labels"]
 RUNS: dict[str, list[str]] = {
     "offline": ["--layout", "offline"],
-    "exposst": ["--layout", "exposst", "--policy", SIMUL_MIX, "--slot-len", "8"],
+    "exposst": [*EXPOSST, "--slot-len", "8"],
     "shift": ["--layout", "shift", "--policy", SIMUL_MIX],
-    "exposst-slot2": ["--layout", "exposst", "--policy", SIMUL_MIX, "--slot-len", "2"],
-    "exposst-slot4": ["--layout", "exposst", "--policy", SIMUL_MIX, "--slot-len", "4"],
-    "exposst-slot16": ["--layout", "exposst", "--policy", SIMUL_MIX, "--slot-len", "16"],
+    # the same with lookahead labels (docs/training.md), and the slot_len sensitivity
+    "exposst-la": [*EXPOSST, "--slot-len", "8", *LOOKAHEAD],
+    "shift-la": ["--layout", "shift", "--policy", SIMUL_MIX, *LOOKAHEAD],
+    "exposst-la-slot2": [*EXPOSST, "--slot-len", "2", *LOOKAHEAD],
+    "exposst-la-slot4": [*EXPOSST, "--slot-len", "4", *LOOKAHEAD],
+    "exposst-la-slot16": [*EXPOSST, "--slot-len", "16", *LOOKAHEAD],
 }
 
 
@@ -69,8 +75,6 @@ def train_command(name: str, args: argparse.Namespace) -> list[str]:
         data = ["--source", files[0], "--target", files[1]]
     cmd = [sys.executable, "-m", "vllm_exposst.train_cli", "--model", args.model, *data]
     cmd += RUNS[name]
-    if name != "offline":
-        cmd += ["--lookahead-labels"]
     cmd += ["--epochs", str(args.epochs), "--lr", str(args.lr), "--schedule", "cosine"]
     cmd += ["--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha)]
     cmd += ["--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed)]
