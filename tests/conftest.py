@@ -85,6 +85,33 @@ def start_engine(engine_loop: EngineLoop, path, **kwargs):
     return engine_loop.run(start())
 
 
+def engine_for_module(engine_loop: EngineLoop, path, env: dict | None = None, **kwargs):
+    """Generator body of a module-scoped engine fixture: start (with ``env`` set while
+    the engine starts), yield, shut down on the engine's loop."""
+    import os
+
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    try:
+        served = start_engine(engine_loop, path, **kwargs)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    yield served
+
+    async def stop():  # on the engine's loop, so its output task ends quietly
+        served.shutdown()
+
+    engine_loop.run(stop())
+
+
+def write_test_set(folder, pairs) -> tuple:
+    """``test.en`` / ``test.de`` in ``folder`` from (source, reference) pairs."""
+    (folder / "test.en").write_text("".join(src + "\n" for src, _ in pairs))
+    (folder / "test.de").write_text("".join(ref + "\n" for _, ref in pairs))
+    return folder / "test.en", folder / "test.de"
+
+
 def make_random_adapter(base_path, folder, seed: int, rank: int = 8):
     """A PEFT LoRA adapter with random (non-zero) A and B, saved to ``folder``."""
     import torch

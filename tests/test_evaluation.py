@@ -21,7 +21,7 @@ from vllm_exposst.evaluation import agents, cli, logs, metrics
 from vllm_exposst.evaluation.data import Pair, load_pairs
 from vllm_exposst.evaluation.runner import RunSettings, RunSpec, parse_policies, plan_runs
 
-from .conftest import start_engine
+from .conftest import engine_for_module, write_test_set
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = [
@@ -219,21 +219,14 @@ def tiny_path(model_cache):
 
 @pytest.fixture(scope="module")
 def engine(engine_loop, tiny_path):
-    served = start_engine(engine_loop, tiny_path, max_num_seqs=8, enable_prefix_caching=False)
-    yield served
-
-    async def stop():  # on the engine's loop, so its output task ends quietly
-        served.shutdown()
-
-    engine_loop.run(stop())
+    yield from engine_for_module(
+        engine_loop, tiny_path, max_num_seqs=8, enable_prefix_caching=False
+    )
 
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "test.en").write_text("".join(src + "\n" for src, _ in PAIRS))
-    (folder / "test.de").write_text("".join(ref + "\n" for _, ref in PAIRS))
-    return folder / "test.en", folder / "test.de"
+    return write_test_set(tmp_path_factory.mktemp("data"), PAIRS)
 
 
 CAP = 20

@@ -17,15 +17,14 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from vllm_exposst import models
 from vllm_exposst.evaluation import agents, logs
 from vllm_exposst.evaluation.agents import RemoteAgentError, RemoteExposstAgent
 
-from .conftest import start_engine
-from .test_server import SERVER_ENV, free_port, serve_command
+from .conftest import engine_for_module, write_test_set
+from .test_server import SERVER_ENV, free_port, serve_command, stop_process, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "remote-key"
@@ -60,50 +59,22 @@ def server_url(tiny_path, tmp_path_factory):
             command, stdout=log, stderr=subprocess.STDOUT, env={**SERVER_ENV, **NOBIND}
         )
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"vllm serve exited:\n{log_path.read_text()[-3000:]}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"vllm serve did not start:\n{log_path.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(1)
+            wait_healthy(process, f"http://127.0.0.1:{port}", log_path)
             yield f"ws://127.0.0.1:{port}"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
 
 
 @pytest.fixture(scope="module")
 def engine(engine_loop, tiny_path):
-    saved = {key: os.environ.get(key) for key in NOBIND}
-    os.environ.update(NOBIND)
-    try:
-        served = start_engine(engine_loop, tiny_path, max_num_seqs=8, enable_prefix_caching=False)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-    yield served
-
-    async def stop():  # on the engine's loop, so its output task ends quietly
-        served.shutdown()
-
-    engine_loop.run(stop())
+    yield from engine_for_module(
+        engine_loop, tiny_path, env=NOBIND, max_num_seqs=8, enable_prefix_caching=False
+    )
 
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "test.en").write_text("".join(src + "\n" for src, _ in PAIRS))
-    (folder / "test.de").write_text("".join(ref + "\n" for _, ref in PAIRS))
-    return folder / "test.en", folder / "test.de"
+    return write_test_set(tmp_path_factory.mktemp("data"), PAIRS)
 
 
 def simuleval_argv(data_files, out: Path) -> list[str]:

@@ -53,6 +53,29 @@ def serve_command(base: Path, options: dict, port: int, *extra: str) -> list[str
     ]  # fmt: skip
 
 
+def wait_healthy(process: subprocess.Popen, url: str, log: Path, timeout: float = 300) -> None:
+    """Until ``url/health`` answers 200; a clear error if the server exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"vllm serve exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"vllm serve did not start:\n{log.read_text()[-3000:]}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 class Server:
     def __init__(self, base: Path, adapters: dict[str, Path], log: Path) -> None:
         self.port = free_port()
@@ -73,20 +96,7 @@ class Server:
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, env=SERVER_ENV
         )
-        self.wait_ready(log)
-
-    def wait_ready(self, log: Path, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vllm serve exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"vllm serve did not start:\n{log.read_text()[-3000:]}")
+        wait_healthy(self.process, self.url, log)
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {API_KEY}"}
@@ -95,11 +105,7 @@ class Server:
         return httpx.get(f"{self.url}/v1/simul/stats", headers=self.headers()).json()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
         self.log.close()
 
 
