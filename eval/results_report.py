@@ -1,0 +1,171 @@
+"""Tables and plots of docs/results.md from the records ``eval/results_eval.sh`` wrote.
+
+Each test slice was evaluated in three ``exposst-eval`` runs, one per adapter; this
+merges them into one BLEU-LAAL plot and one cost plot per slice, with each curve
+named by its (fine-tuning, inference) pair, and prints the Markdown tables.  The
+``slot_len`` runs become a table and a plot of dev BLEU and the training layout's
+mean position span against ``slot_len`` (the paper's Figure 3).
+
+    .venv/bin/python eval/results_report.py out/results runs/results docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from vllm_exposst.evaluation.plots import _pyplot, plot_cost, plot_quality_latency
+from vllm_exposst.evaluation.record import write_record
+from vllm_exposst.evaluation.report import markdown_table
+
+# (run folder, method in that run) -> curve name: fine-tuning + inference
+CURVES = {
+    ("exposst-la", "exposst"): "ExPosST FT + exposst",
+    ("shift-la", "shift"): "shift FT + shift",
+    ("offline", "recompute"): "offline SFT + recompute",
+    ("offline", "shift"): "offline SFT + shift",
+    ("offline", "offline"): "offline",
+}
+LOOKAHEAD_CURVES = {
+    ("exposst-la", "exposst"): "ExPosST FT + exposst",
+    ("exposst", "exposst"): "ExPosST FT, no lookahead labels + exposst",
+    ("shift-la", "shift"): "shift FT + shift",
+    ("shift", "shift"): "shift FT, no lookahead labels + shift",
+    ("offline", "offline"): "offline",
+}
+SLOT_RUNS = {"exposst-la-slot2": 2, "exposst-la-slot4": 4, "exposst-la": 8, "exposst-la-slot16": 16}
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def merged_rows(
+    folder: Path, curves: dict[tuple[str, str], str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of every run under ``folder``, renamed by curve; and the source records."""
+    rows, sources = [], []
+    for (run, method), name in curves.items():
+        record_path = folder / run / "record.json"
+        if not record_path.exists():
+            print(f"missing {record_path}", file=sys.stderr)
+            continue
+        record = load(record_path)
+        sources.append({k: record[k] for k in ("command", "date", "git_commit", "adapter")})
+        for row in record["results"]:
+            if row["method"] == method:
+                rows.append({**row, "method": name, "inference": method})
+    return rows, sources
+
+
+def curves(
+    folder: Path,
+    out: Path,
+    name: str,
+    title: str,
+    chosen: dict[tuple[str, str], str] = CURVES,
+    tag: str = "",
+) -> None:
+    rows, sources = merged_rows(folder / name, chosen)
+    if not rows:
+        return
+    stem = f"{name}{tag}"
+    plot_quality_latency(rows, out / f"{stem}_quality_latency.png", title=title)
+    if not tag:
+        plot_cost(rows, out / f"{stem}_cost.png", title=title, minimum_of="ExPosST FT + exposst")
+    write_record(out / f"{stem}.json", rows, runs=sources)
+    print(f"\n### {title}\n")
+    print(markdown_table(rows))
+
+
+SLOT_DEV_SETS = {"slot-m30k": "Multi30K val [0:100]", "slot": "IWSLT 2017 dev [0:100]"}
+
+
+def slot_points(folder: Path, adapters: Path) -> list[dict[str, Any]]:
+    """One row per (dev set, slot_len): dev scores, and the training layout's lengths."""
+    points = []
+    for step, dev in SLOT_DEV_SETS.items():
+        for run, slot_len in SLOT_RUNS.items():
+            record_path = folder / step / run / "record.json"
+            if not record_path.exists():
+                continue
+            row = load(record_path)["results"][0]
+            meta = load(adapters / run / "exposst.json")
+            train = meta["data"]["train"]
+            points.append(
+                {
+                    "dev": dev,
+                    "slot_len": slot_len,
+                    "BLEU": row["BLEU"],
+                    "chrF": row["chrF"],
+                    "LAAL": row["LAAL"],
+                    "mean_tokens": train["mean_tokens"],
+                    "mean_positions": train["mean_positions"],
+                    "final_loss": meta["training"]["last_loss"],
+                }
+            )
+    return points
+
+
+def slot_sensitivity(folder: Path, adapters: Path, out: Path) -> None:
+    points = slot_points(folder, adapters)
+    if not points:
+        return
+    print("\n### slot_len sensitivity (wait-3)\n")
+    columns = ["dev set", "slot_len", "BLEU", "chrF", "LAAL", "final training loss"]
+    columns += ["tokens / example", "position span / example"]
+    print("| " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|---|---|---|")
+    for p in points:
+        print(
+            f"| {p['dev']} | {p['slot_len']} | {p['BLEU']:.2f} | {p['chrF']:.2f} | {p['LAAL']:.2f} "
+            f"| {p['final_loss']:.3f} | {p['mean_tokens']:.1f} | {p['mean_positions']:.1f} |"
+        )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for dev in SLOT_DEV_SETS.values():
+        mine = [p for p in points if p["dev"] == dev]
+        if mine:
+            ax.plot([p["slot_len"] for p in mine], [p["BLEU"] for p in mine], marker="o", label=dev)
+    xs = sorted({p["slot_len"] for p in points})
+    ax.set(xlabel="slot_len", ylabel="dev BLEU (wait-3)", xscale="log")
+    ax.set_xticks(xs, [str(x) for x in xs])
+    twin = ax.twinx()
+    spans = {p["slot_len"]: p["mean_positions"] for p in points}
+    twin.plot(xs, [spans[x] for x in xs], marker="s", linestyle="--", color="grey")
+    twin.set_ylabel("position span per training example (dashed)")
+    ax.set_title("slot_len sensitivity: ExPosST FT (lookahead labels)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "slot_len.png", dpi=120)
+    plt.close(fig)
+    write_record(out / "slot_len.json", points)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("evals", type=Path, help="OUT of eval/results_eval.sh")
+    parser.add_argument("adapters", type=Path, help="folder of eval/train_results.py")
+    parser.add_argument("out", type=Path, help="folder for the merged PNGs and records")
+    args = parser.parse_args(argv)
+    curves(args.evals, args.out, "m30k", "Multi30K test2016 [0:100], SmolLM2-135M + LoRA")
+    curves(args.evals, args.out, "iwslt", "IWSLT 2017 test [0:50], SmolLM2-135M + LoRA")
+    curves(
+        args.evals,
+        args.out,
+        "m30k",
+        "Multi30K test2016 [0:100]: without lookahead labels",
+        LOOKAHEAD_CURVES,
+        tag="_lookahead",
+    )
+    slot_sensitivity(args.evals, args.adapters, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
