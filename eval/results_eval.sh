@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The evaluations of docs/results.md: every method's BLEU-LAAL curve on two test
+# slices, the lookahead-label ablation, and the slot_len sensitivity on a dev slice.
+# Each run is one exposst-eval (one in-process vLLM engine) writing its record, table
+# and plots under OUT/STEP/ADAPTER; a run whose record.json exists is skipped (resume).
+#
+#   bash eval/results_eval.sh DATA ADAPTERS OUT [STEP...]
+#
+# DATA: the folder holding multi30k/ and iwslt2017-ende/ (../shared/data here);
+# ADAPTERS: the folder eval/train_results.py wrote;
+# STEP: m30k, m30k-nola, slot, slot-m30k, iwslt (default: all, in that order).
+set -euo pipefail
+DATA=${1:?data folder}; ADAPTERS=${2:?adapters folder}; OUT=${3:?output folder}; shift 3
+STEPS=${*:-m30k m30k-nola slot slot-m30k iwslt}
+EVAL="${EXPOSST_EVAL:-.venv/bin/exposst-eval}"
+export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-nobind}
+WAITK=wait-1,3,5,7,9
+M30K=("$DATA/multi30k/test_2016_flickr.en" "$DATA/multi30k/test_2016_flickr.de" 0 100)
+IWSLT=("$DATA/iwslt2017-ende/test.en" "$DATA/iwslt2017-ende/test.de" 0 50)
+
+run() {  # OUTDIR ADAPTER METHODS POLICIES SOURCE TARGET START LIMIT TITLE
+    if [ -f "$1/record.json" ]; then echo "done already: $1"; return; fi
+    $EVAL --adapter "$ADAPTERS/$2" --methods "$3" --policies "$4" --source "$5" \
+        --target "$6" --start "$7" --limit "$8" --output "$1" --title "$9"
+}
+
+curves() {  # NAME SOURCE TARGET START LIMIT
+    local name=$1; shift
+    # (b) ExPosST fine-tuning under exposst; (c) shift fine-tuning under shift (both
+    # with lookahead labels); (a) offline SFT: the offline ceiling, test-time wait-k
+    # under recompute and under shift.
+    run "$OUT/$name/exposst-la" exposst-la exposst $WAITK "$@" "$name: ExPosST FT"
+    run "$OUT/$name/shift-la" shift-la shift $WAITK "$@" "$name: shift FT"
+    run "$OUT/$name/offline" offline offline,recompute,shift $WAITK "$@" "$name: offline SFT"
+}
+
+for step in $STEPS; do
+    case $step in
+    m30k) curves m30k "${M30K[@]}" ;;
+    iwslt) curves iwslt "${IWSLT[@]}" ;;
+    m30k-nola)  # the same fine-tuning without lookahead labels
+        run "$OUT/m30k/exposst" exposst exposst $WAITK "${M30K[@]}" "m30k: ExPosST FT, no lookahead"
+        run "$OUT/m30k/shift" shift shift $WAITK "${M30K[@]}" "m30k: shift FT, no lookahead" ;;
+    slot)  # slot_len 2, 4, 8, 16 (lookahead labels), IWSLT dev [0:100], wait-3
+        for adapter in exposst-la-slot2 exposst-la-slot4 exposst-la exposst-la-slot16; do
+            run "$OUT/slot/$adapter" "$adapter" exposst wait-3 "$DATA/iwslt2017-ende/dev.en" \
+                "$DATA/iwslt2017-ende/dev.de" 0 100 "slot_len: $adapter"
+        done ;;
+    slot-m30k)  # the same on the in-domain dev set, Multi30K val [0:100]
+        for adapter in exposst-la-slot2 exposst-la-slot4 exposst-la exposst-la-slot16; do
+            run "$OUT/slot-m30k/$adapter" "$adapter" exposst wait-3 "$DATA/multi30k/val.en" \
+                "$DATA/multi30k/val.de" 0 100 "slot_len: $adapter"
+        done ;;
+    *) echo "unknown step $step (m30k, m30k-nola, slot, slot-m30k, iwslt)" >&2; exit 2 ;;
+    esac
+done
