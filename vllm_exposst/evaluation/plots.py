@@ -66,8 +66,13 @@ def plot_quality_latency(rows: list[dict[str, Any]], path: Path, title: str = ""
     return path
 
 
-def plot_cost(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Tokens computed and wall-clock seconds per sentence, per method across policies."""
+def plot_cost(
+    rows: list[dict[str, Any]], path: Path, title: str = "", minimum_of: str = "exposst"
+) -> Path:
+    """Tokens computed and wall-clock seconds per sentence, per method across policies.
+
+    ``minimum_of`` names the method whose rows give the dotted minimum-tokens line.
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     keys = [
@@ -85,11 +90,11 @@ def plot_cost(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
             if row["method"] == OFFLINE:
                 ax.axhline(row[key], linestyle="--", color="grey", label="offline")
         if key == "tokens_computed":
-            minimum = {r["policy"]: r["tokens_minimum"] for r in rows if r["method"] == "exposst"}
+            minimum = {r["policy"]: r["tokens_minimum"] for r in rows if r["method"] == minimum_of}
             xs = [i for i, p in enumerate(order) if p in minimum]
             if xs:
                 ys = [minimum[order[i]] for i in xs]
-                ax.plot(xs, ys, linestyle=":", color="black", label="minimum (exposst)")
+                ax.plot(xs, ys, linestyle=":", color="black", label=f"minimum ({minimum_of})")
         ax.set_xticks(range(len(order)), order, rotation=30)
         ax.set(ylabel=label, xlabel="policy")
         ax.grid(alpha=0.3)
