@@ -23,6 +23,7 @@ from pathlib import Path
 from vllm_exposst import models
 from vllm_exposst.engine import SimulEngine
 from vllm_exposst.evaluation.record import write_record
+from vllm_exposst.layout import DEFAULT_SLOT_LEN
 from vllm_exposst.models import ENGLISH_WORDS
 
 MODES = ("exposst", "shift", "recompute", "offline")
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--model", default="default")
     parser.add_argument("--policy", default="wait-3")
-    parser.add_argument("--slot-len", type=int, default=8)
+    parser.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--max-target-tokens", type=int, default=None)

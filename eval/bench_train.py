@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from vllm_exposst.evaluation.record import write_record
+from vllm_exposst.layout import DEFAULT_SLOT_LEN
 from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
 from vllm_exposst.trainer import TrainConfig, make_trainer, prepare
 
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=400, help="pairs to use")
     parser.add_argument("--layouts", nargs="+", default=["exposst", "offline"])
     parser.add_argument("--policy", default="wait-k:1-9")
-    parser.add_argument("--slot-len", type=int, default=8)
+    parser.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     parser.add_argument("--repeats", type=int, default=5, help="rounds (one run per layout)")
     parser.add_argument("--batch-tokens", type=int, default=2048)

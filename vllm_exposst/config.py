@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .layout import DEFAULT_SLOT_LEN
 from .policies import parse_policy
 
 MODES = ("exposst", "shift", "recompute", "offline")
@@ -19,7 +20,7 @@ class ExposstOptions:
     """Server-wide defaults and limits for sessions."""
 
     policy: str = "wait-3"
-    slot_len: int = 8
+    slot_len: int = DEFAULT_SLOT_LEN
     mode: str = "exposst"
     source_lang: str = "English"
     target_lang: str = "German"

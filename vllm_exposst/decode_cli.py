@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import models
-from .layout import PositionLimitError
+from .layout import DEFAULT_SLOT_LEN, PositionLimitError
 from .policies import parse_policy
 from .prompts import build_prompt
 from .reference import CACHE_MODES, ReferenceDecoder
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compare", choices=MODES, nargs="*", default=[], help="further modes to run and compare"
     )
-    parser.add_argument("--slot-len", type=int, default=8)
+    parser.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
     parser.add_argument("--source-lang", default="English")
     parser.add_argument("--target-lang", default="German")
     parser.add_argument(

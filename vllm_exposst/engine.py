@@ -28,7 +28,7 @@ from typing import Any
 
 from .adapter_meta import read_adapter_meta, session_defaults
 from .config import MODES, ExposstOptions
-from .layout import READ, WRITE, PositionLimitError, make_allocator
+from .layout import DEFAULT_SLOT_LEN, READ, WRITE, PositionLimitError, make_allocator
 from .policies import Offline, Policy, PolicyState, parse_policy
 from .prompts import PromptTemplate, build_prompt, split_words
 from .reference import word_delays
@@ -64,7 +64,7 @@ class SessionConfig:
     source_lang: str = "English"
     target_lang: str = "German"
     policy: str = "wait-3"
-    slot_len: int = 8
+    slot_len: int = DEFAULT_SLOT_LEN
     mode: str = "exposst"
     lora: str | None = None
     system_prompt: str | None = None

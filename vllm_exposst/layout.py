@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+DEFAULT_SLOT_LEN = 8  # positions reserved per source slot (docs/results.md: slot_len sensitivity)
+
 READ: Literal["R"] = "R"
 WRITE: Literal["W"] = "W"
 Event = tuple[str, int]
@@ -98,7 +100,7 @@ class ExposstAllocator(_AllocatorBase):
     only if all its positions fit, so a failed call leaves the session unchanged.
     """
 
-    slot_len: int = 8
+    slot_len: int = DEFAULT_SLOT_LEN
     frontier: int = field(default=0, init=False)
     slot_next: int = field(default=0, init=False)
     slot_end: int = field(default=0, init=False)
@@ -168,7 +170,7 @@ def make_allocator(
     *,
     prefix_len: int,
     header_len: int,
-    slot_len: int = 8,
+    slot_len: int = DEFAULT_SLOT_LEN,
     max_position: int | None = None,
 ) -> ExposstAllocator | ShiftAllocator:
     """The incremental allocator for a cache-keeping mode (``exposst`` or ``shift``)."""
@@ -238,7 +240,7 @@ def allocate_mode(
     *,
     prefix_len: int,
     header_len: int,
-    slot_len: int = 8,
+    slot_len: int = DEFAULT_SLOT_LEN,
     max_position: int | None = None,
 ) -> list[int]:
     """Positions for any layout mode (``exposst``, ``shift`` or ``offline``)."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .layout import READ, WRITE, Event, make_allocator
+from .layout import DEFAULT_SLOT_LEN, READ, WRITE, Event, make_allocator
 from .policies import Policy, PolicyState, parse_policy
 from .prompts import PromptTemplate, split_words
 from .train_layout import units
@@ -68,7 +68,7 @@ class ReferenceDecoder:
         template: PromptTemplate,
         *,
         mode: str = "exposst",
-        slot_len: int = 8,
+        slot_len: int = DEFAULT_SLOT_LEN,
         max_word_tokens: int = 16,
         max_target_tokens: int | None = None,
         max_position: int | None = None,

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from . import models
-from .layout import LAYOUT_MODES
+from .layout import DEFAULT_SLOT_LEN, LAYOUT_MODES
 from .train_data import TrainingInputError
 from .trainer import DEFAULT_TARGETS, SCHEDULES, TrainConfig
 
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
         help="policy recorded for sessions and used for dev BLEU "
         "(default: the single training policy, else wait-3)",
     )
-    method.add_argument("--slot-len", type=int, default=8)
+    method.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
     method.add_argument(
         "--lookahead-labels",
         action="store_true",

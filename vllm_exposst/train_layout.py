@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import READ, WRITE, Event, allocate_mode
+from .layout import DEFAULT_SLOT_LEN, READ, WRITE, Event, allocate_mode
 from .policies import Policy, PolicyState, parse_policy
 from .prompts import PromptTemplate
 
@@ -72,7 +72,7 @@ def build_example(
     policy: Policy | str,
     *,
     mode: str = "exposst",
-    slot_len: int = 8,
+    slot_len: int = DEFAULT_SLOT_LEN,
     max_position: int | None = None,
     lookahead_labels: bool = False,
 ) -> TrainingExample:

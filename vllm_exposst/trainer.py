@@ -26,7 +26,7 @@ from transformers import Trainer, TrainingArguments
 
 from . import models
 from .adapter_meta import write_adapter_meta
-from .layout import LAYOUT_MODES
+from .layout import DEFAULT_SLOT_LEN, LAYOUT_MODES
 from .policies import Policy
 from .prompts import PromptTemplate, build_prompt
 from .train_data import (
@@ -64,7 +64,7 @@ class TrainConfig:
     layout: str = "exposst"
     policy: str = "wait-k:1-9"
     inference_policy: str | None = None  # default: the single training policy, else wait-3
-    slot_len: int = 8
+    slot_len: int = DEFAULT_SLOT_LEN
     lookahead_labels: bool = False  # train_layout.add_lookahead_labels
     lora_r: int = 16
     lora_alpha: int = 32

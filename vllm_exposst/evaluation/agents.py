@@ -44,6 +44,7 @@ from typing import Any
 from simuleval.agents import AgentStates, ReadAction, TextToTextAgent, WriteAction
 
 from ..engine import SESSION_MODES, Session, SessionConfig, TargetPiece
+from ..layout import DEFAULT_SLOT_LEN
 from .runtime import ADAPTER_NAME, LoopThread, engine_options, start_engine
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class ExposstAgent(SessionAgent):
         parser.add_argument("--adapter", default=None, help="PEFT LoRA adapter folder")
         parser.add_argument("--policy", default="wait-3", help="e.g. wait-3, read-2/write-1")
         parser.add_argument("--mode", default="exposst", choices=SESSION_MODES)
-        parser.add_argument("--slot-len", type=int, default=8)
+        parser.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
         parser.add_argument("--source-lang", default="English")
         parser.add_argument("--target-lang", default="German")
         parser.add_argument("--max-target-tokens", type=int, default=None)

@@ -19,14 +19,13 @@ from typing import Any
 
 from ..adapter_meta import read_adapter_meta
 from ..engine import SESSION_MODES
+from ..layout import DEFAULT_SLOT_LEN
 from .data import Pair, load_pairs
 from .logs import write_config, write_instances, write_scores
 from .metrics import DEFAULT_SPEAKING_RATE, score_run
 from .record import write_record
 from .runner import RunSettings, RunSpec, parse_policies, plan_runs, run_spec
 from .runtime import ADAPTER_NAME, engine_options, start_engine
-
-DEFAULT_SLOT_LEN = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..engine import SESSION_MODES, SessionConfig, SessionRejected
+from ..layout import DEFAULT_SLOT_LEN
 from ..policies import parse_policy
 from .data import Pair
 from .metrics import Hypothesis
@@ -44,7 +45,7 @@ class RunSpec:
 class RunSettings:
     """What every session of an evaluation shares."""
 
-    slot_len: int = 8
+    slot_len: int = DEFAULT_SLOT_LEN
     lora: str | None = None
     max_target_tokens: int | None = None
     source_lang: str = "English"
