@@ -60,9 +60,12 @@ def test_exact_under_chunked_prefill_preemption_and_prefix_caching(stressed, eng
     # preemption made vLLM recompute some sessions: more computed than sent
     assert any(c > s for c, s in zip(computed, sent)), (computed, sent)
 
-    # the same session again finds the shared prefix block in the cache
-    again = engine_loop.run(engine.translate(twin[0], config=twin[1]))
-    assert_matches_reference(model, template, twin, again)
+    # the same session again finds the shared prefix block in the cache. Under
+    # preemption the batch's last sessions may evict it from the 20 blocks, so one run
+    # alone puts it back first; the run after it must reuse it, and stay exact.
+    for _ in range(2):
+        again = engine_loop.run(engine.translate(twin[0], config=twin[1]))
+        assert_matches_reference(model, template, twin, again)
     hit = engine_loop.run(engine.tokens_computed(again.request_ids))
     assert again.tokens_sent - hit >= 128, (hit, again.tokens_sent)
     stats = engine_loop.run(engine.stats())
