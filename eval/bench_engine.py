@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vllm_exposst import models
 from vllm_exposst.engine import SimulEngine
+from vllm_exposst.evaluation.plots import pyplot
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.layout import DEFAULT_SLOT_LEN
 from vllm_exposst.models import ENGLISH_WORDS
@@ -141,11 +142,7 @@ def add_ratios(results: list[dict]) -> None:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for mode in MODES:
         rows = [r for r in results if r["mode"] == mode]

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vllm_exposst.evaluation.plots import _pyplot, plot_cost, plot_quality_latency
+from vllm_exposst.evaluation.plots import plot_cost, plot_quality_latency, pyplot
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.evaluation.report import markdown_table
 
@@ -124,7 +124,7 @@ def slot_sensitivity(folder: Path, adapters: Path, out: Path) -> None:
             f"| {p['dev']} | {p['slot_len']} | {p['BLEU']:.2f} | {p['chrF']:.2f} | {p['LAAL']:.2f} "
             f"| {p['final_loss']:.3f} | {p['mean_tokens']:.1f} | {p['mean_positions']:.1f} |"
         )
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for dev in SLOT_DEV_SETS.values():
         mine = [p for p in points if p["dev"] == dev]

@@ -99,11 +99,10 @@ def run_all(args: argparse.Namespace) -> dict[str, int]:
     while waiting or running:
         while waiting and len(running) < args.parallel:
             name = waiting.pop(0)
+            command = train_command(name, args)
             log = (logs / f"{name}.log").open("w")
-            running[name] = subprocess.Popen(
-                train_command(name, args), stdout=log, stderr=subprocess.STDOUT
-            )
-            print(f"started {name}: {' '.join(train_command(name, args)[1:])}", flush=True)
+            running[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            print(f"started {name}: {' '.join(command[1:])}", flush=True)
         for name, proc in list(running.items()):
             if proc.poll() is not None:
                 codes[name] = proc.returncode

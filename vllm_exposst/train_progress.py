@@ -102,12 +102,10 @@ class TimeLimit(TrainerCallback):
     def __init__(self, minutes: float) -> None:
         self.seconds = minutes * 60.0
         self.start = time.perf_counter()
-        self.stopped = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.start = time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if time.perf_counter() - self.start >= self.seconds:
-            self.stopped = True
             control.should_training_stop = True

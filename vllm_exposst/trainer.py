@@ -448,9 +448,8 @@ def train(config: TrainConfig) -> TrainResult:
     steps = trainer.state.global_step
     meta = adapter_meta(prepared, steps, history, final, meter)
     meta["training"]["planned_steps"] = trainer.state.max_steps
-    meta["training"]["stopped_by_time_limit"] = any(
-        isinstance(cb, TimeLimit) and cb.stopped for cb in trainer.callback_handler.callbacks
-    )
+    # only the TimeLimit callback ends a run before its planned steps
+    meta["training"]["stopped_by_time_limit"] = steps < trainer.state.max_steps
     write_adapter_meta(out, meta)
     (out / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
     return TrainResult(out, steps, meta, history, meter.tokens, meter.seconds)

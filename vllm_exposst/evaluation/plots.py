@@ -15,7 +15,7 @@ def _axis_value(policy: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _pyplot():
+def pyplot():  # matplotlib without a display (PNG files only)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +34,7 @@ def _methods(rows: list[dict[str, Any]]) -> list[str]:
 
 def plot_quality_latency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """BLEU against LAAL: one curve per method across policies; offline as a dashed line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for method in _methods(rows):
         points = sorted(
@@ -73,7 +73,7 @@ def plot_cost(
 
     ``minimum_of`` names the method whose rows give the dotted minimum-tokens line.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     keys = [
         ("tokens_computed", "tokens computed / sentence"),
