@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from vllm_exposst import models
+from vllm_exposst.defaults import DEFAULT_SLOT_LEN
 from vllm_exposst.engine import SimulEngine
 from vllm_exposst.evaluation.plots import pyplot
 from vllm_exposst.evaluation.record import write_record
-from vllm_exposst.layout import DEFAULT_SLOT_LEN
 from vllm_exposst.models import ENGLISH_WORDS
 
 MODES = ("exposst", "shift", "recompute", "offline")

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from vllm_exposst.defaults import DEFAULT_SLOT_LEN
 from vllm_exposst.evaluation.record import write_record
-from vllm_exposst.layout import DEFAULT_SLOT_LEN
 from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
-from vllm_exposst.trainer import TrainConfig, make_trainer, prepare
+from vllm_exposst.training.trainer import TrainConfig, make_trainer, prepare
 
 TARGET_RATIO = 0.9
 

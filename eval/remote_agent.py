@@ -11,6 +11,6 @@ lives in :mod:`vllm_exposst.evaluation.agents` (``RemoteExposstAgent``).
 
 from simuleval.utils import entrypoint
 
-from vllm_exposst.evaluation.agents import RemoteExposstAgent
+from vllm_exposst.evaluation.remote_agent import RemoteExposstAgent
 
 entrypoint(RemoteExposstAgent)

@@ -20,7 +20,7 @@ IWSLT=("$DATA/iwslt2017-ende/test.en" "$DATA/iwslt2017-ende/test.de" 0 50)
 
 run() {  # OUTDIR ADAPTER METHODS POLICIES SOURCE TARGET START LIMIT TITLE
     if [ -f "$1/record.json" ]; then echo "done already: $1"; return; fi
-    $EVAL --adapter "$ADAPTERS/$2" --methods "$3" --policies "$4" --source "$5" \
+    $EVAL --adapter "$ADAPTERS/$2" --modes "$3" --policies "$4" --source "$5" \
         --target "$6" --start "$7" --limit "$8" --output "$1" --title "$9"
 }
 

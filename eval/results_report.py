@@ -56,8 +56,8 @@ def merged_rows(
         record = load(record_path)
         sources.append({k: record[k] for k in ("command", "date", "git_commit", "adapter")})
         for row in record["results"]:
-            if row["method"] == method:
-                rows.append({**row, "method": name, "inference": method})
+            if row.get("mode", row.get("method")) == method:  # records before the rename
+                rows.append({**row, "mode": name, "inference": method})
     return rows, sources
 
 

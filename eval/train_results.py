@@ -73,7 +73,7 @@ def train_command(name: str, args: argparse.Namespace) -> list[str]:
         data = ["--pairs", files[0]]
     else:
         data = ["--source", files[0], "--target", files[1]]
-    cmd = [sys.executable, "-m", "vllm_exposst.train_cli", "--model", args.model, *data]
+    cmd = [sys.executable, "-m", "vllm_exposst.training.cli", "--model", args.model, *data]
     cmd += RUNS[name]
     cmd += ["--epochs", str(args.epochs), "--lr", str(args.lr), "--schedule", "cosine"]
     cmd += ["--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha)]

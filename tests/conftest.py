@@ -33,35 +33,16 @@ def random_sentence(rng: random.Random, words: tuple[str, ...] | list[str], low=
     return " ".join(rng.choice(words) for _ in range(rng.randint(low, high)))
 
 
-class EngineLoop:
-    """An asyncio loop in a thread: engines live on it across the tests of a module."""
-
-    def __init__(self) -> None:
-        import asyncio
-        import threading
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 300):
-        import asyncio
-
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def engine_loop():
-    loop = EngineLoop()
+    from vllm_exposst.engine.loop import LoopThread
+
+    loop = LoopThread()
     yield loop
     loop.close()
 
 
-def start_engine(engine_loop: EngineLoop, path, **kwargs):
+def start_engine(engine_loop, path, **kwargs):
     """A :class:`SimulEngine` on a tiny checkpoint: float32, eager, small KV cache."""
     import os
 
@@ -85,7 +66,7 @@ def start_engine(engine_loop: EngineLoop, path, **kwargs):
     return engine_loop.run(start())
 
 
-def engine_for_module(engine_loop: EngineLoop, path, env: dict | None = None, **kwargs):
+def engine_for_module(engine_loop, path, env: dict | None = None, **kwargs):
     """Generator body of a module-scoped engine fixture: start (with ``env`` set while
     the engine starts), yield, shut down on the engine's loop."""
     import os

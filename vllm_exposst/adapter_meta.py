@@ -7,7 +7,8 @@ unless a request says otherwise.
 Keys (all optional when read): ``layout`` (``exposst``, ``shift`` or ``offline``),
 ``policy`` (a policy spec or mix, e.g. ``wait-k:1-9``), ``inference_policy`` (the
 spec sessions use by default, e.g. ``wait-3``), ``slot_len``, ``source_lang``,
-``target_lang``, ``system_prompt``, ``base_model``, ``data``, ``steps``, ``seed``.
+``target_lang``, ``system_prompt``, ``refeed`` (the refeed rule it was trained with),
+``base_model``, ``data``, ``steps``, ``seed``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from .defaults import CACHE_KEEPING_MODES, TRAIN_MODES
 
 FILENAME = "exposst.json"
 # SessionConfig fields an adapter's record may set: record key -> session field
@@ -25,6 +28,7 @@ SESSION_DEFAULTS = {
     "target_lang": "target_lang",
     "system_prompt": "system_prompt",
     "layout": "mode",
+    "refeed": "refeed",
 }
 
 
@@ -56,8 +60,18 @@ def session_defaults(meta: dict[str, Any]) -> dict[str, Any]:
     """
     out = {field: meta[key] for key, field in SESSION_DEFAULTS.items() if key in meta}
     layout = out.pop("mode", None)
-    if layout not in (None, "exposst", "shift", "offline"):
+    if layout is not None and layout not in TRAIN_MODES:
         raise ValueError(f"unknown layout {layout!r} in {FILENAME}")
-    if layout in ("exposst", "shift"):
+    if layout in CACHE_KEEPING_MODES:
         out["mode"] = layout
     return out
+
+
+def adapter_session_settings(folder: str | Path) -> dict[str, Any]:
+    """The session settings an adapter folder's ``exposst.json`` implies.
+
+    The one place a record is applied: the engine (and through it the server, the
+    demo, ``exposst-eval`` and the SimulEval agents) layers these between its own
+    defaults and what a request asks for.
+    """
+    return session_defaults(read_adapter_meta(folder))

@@ -14,12 +14,21 @@ import time
 from pathlib import Path
 
 from . import models
-from .layout import DEFAULT_SLOT_LEN, PositionLimitError
+from .defaults import (
+    DECODE_MODES,
+    DEFAULT_POLICY,
+    DEFAULT_REFEED,
+    DEFAULT_SLOT_LEN,
+    OFFLINE,
+    SOURCE_LANG,
+    TARGET_LANG,
+)
+from .layout import REFEED, PositionLimitError
 from .policies import parse_policy
 from .prompts import build_prompt
-from .reference import CACHE_MODES, ReferenceDecoder
+from .reference import ReferenceDecoder
 
-MODES = (*CACHE_MODES, "offline")
+MODES = (*DECODE_MODES, OFFLINE)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,14 +40,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="default",
         help="checkpoint folder, 'default' (SmolLM2-135M-Instruct) or tiny-llama / tiny-qwen2",
     )
-    parser.add_argument("--policy", default="wait-3", help="e.g. wait-3, read-2/write-1")
+    parser.add_argument("--policy", default=DEFAULT_POLICY, help="e.g. wait-3, read-2/write-1")
     parser.add_argument("--mode", choices=MODES, default="exposst")
     parser.add_argument(
         "--compare", choices=MODES, nargs="*", default=[], help="further modes to run and compare"
     )
     parser.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
-    parser.add_argument("--source-lang", default="English")
-    parser.add_argument("--target-lang", default="German")
+    parser.add_argument(
+        "--refeed",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_REFEED,
+        help="the refeed rule in exposst mode (docs/design.md)",
+    )
+    parser.add_argument("--source-lang", default=SOURCE_LANG)
+    parser.add_argument("--target-lang", default=TARGET_LANG)
     parser.add_argument(
         "--max-target-tokens", type=int, help="cap per sentence (default: 2 x source + 16)"
     )
@@ -72,6 +87,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             mode="recompute" if mode == "offline" else mode,
             slot_len=args.slot_len,
             max_target_tokens=args.max_target_tokens,
+            refeed=args.refeed,
         )
         use = parse_policy("offline") if mode == "offline" else policy
         for source in tqdm(sentences, desc=f"{mode} {use.spec}", file=sys.stderr):
@@ -88,6 +104,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "translation": result.text,
                     "delays": result.delays,
                     "tokens_computed": result.tokens_computed,
+                    # copies of the last target token fed by the refeed rule (computed, not
+                    # part of the minimum)
+                    "refeeds": sum(kind == REFEED for kind, _ in result.events),
                     "tokens_minimum": minimum + len(result.target_ids),
                     # cut at the target cap: the last target token was never needed
                     "truncated": len(result.target_ids) >= decoder.target_limit(source_tokens),

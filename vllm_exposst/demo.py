@@ -63,19 +63,12 @@ def pick_adapter(args: argparse.Namespace) -> Path | None:
     return None
 
 
-def session_config(args: argparse.Namespace, adapter: Path | None) -> Any:
-    from .adapter_meta import read_adapter_meta, session_defaults
-    from .engine import SessionConfig
+def session_config(engine: Any, args: argparse.Namespace, adapter: Path | None) -> Any:
+    """The engine's defaults, then the adapter's ``exposst.json``, then the flags."""
     from .evaluation.runtime import ADAPTER_NAME
 
-    settings: dict[str, Any] = {"policy": "wait-3", "slot_len": 8, "mode": "exposst"}
-    if adapter is not None:
-        settings.update(session_defaults(read_adapter_meta(adapter)), lora=ADAPTER_NAME)
-    if args.policy:
-        settings["policy"] = args.policy
-    if args.slot_len:
-        settings["slot_len"] = args.slot_len
-    return SessionConfig(**settings)
+    lora = ADAPTER_NAME if adapter is not None else None
+    return engine.session_config(lora=lora, policy=args.policy, slot_len=args.slot_len)
 
 
 @dataclass
@@ -163,10 +156,10 @@ async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
 
     console = Console()
     adapter = pick_adapter(args)
-    config = session_config(args, adapter)
     with console.status(f"preparing {args.model} and starting the engine (about 30 s)"):
         options = engine_options(args.model, adapter, max_num_seqs=max(8, 2 * len(sources)))
         engine = await start_engine(options)
+    config = session_config(engine, args, adapter)
     console.print(
         f"model {args.model}{f' + adapter {adapter}' if adapter else ''}; policy "
         f"{config.policy}, slot {config.slot_len}, mode {config.mode}; speakers at "

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
-DEFAULT_SLOT_LEN = 8  # positions reserved per source slot (docs/results.md: slot_len sensitivity)
+from .defaults import DEFAULT_SLOT_LEN, OFFLINE
 
 READ: Literal["R"] = "R"
 WRITE: Literal["W"] = "W"
+REFEED: Literal["F"] = "F"  # the last target token fed again (the refeed rule, below)
 Event = tuple[str, int]
-LayoutMode = Literal["exposst", "shift", "offline"]
-LAYOUT_MODES: tuple[str, ...] = ("exposst", "shift", "offline")
 
 
 class PositionLimitError(ValueError):
@@ -40,24 +39,14 @@ def check_event(event: Event) -> tuple[str, int]:
         kind, count = event
     except (TypeError, ValueError):
         raise ValueError(f"an event is a pair (kind, count), got {event!r}") from None
-    if kind not in (READ, WRITE):
-        raise ValueError(f"unknown event kind {kind!r}: expected 'R' (read) or 'W' (write)")
+    if kind not in (READ, WRITE, REFEED):
+        raise ValueError(
+            f"unknown event kind {kind!r}: expected 'R' (read), 'W' (write) or 'F' (refeed)"
+        )
     _check_count(f"count of event {event!r}", count)
+    if kind == REFEED and count != 1:
+        raise ValueError(f"a refeed event feeds one token, got {event!r}")
     return kind, count
-
-
-class Allocator(Protocol):
-    """Incremental position allocation for one session."""
-
-    prefix_len: int
-    header_len: int
-    header_written: bool
-
-    def read(self, n: int) -> list[int]:
-        """Positions of the next ``n`` source tokens."""
-
-    def write(self, n: int) -> list[int]:
-        """Positions of the next ``n`` target tokens (after the header's, the first time)."""
 
 
 @dataclass
@@ -88,7 +77,17 @@ class _AllocatorBase:
     def apply(self, event: Event) -> list[int]:
         """Allocate one ``(kind, n)`` event."""
         kind, count = check_event(event)
+        if kind == REFEED:
+            return self.refeed()
         return self.read(count) if kind == READ else self.write(count)
+
+    @property
+    def refeed_due(self) -> bool:
+        """Must the last target token be fed again before the model predicts the next one?"""
+        return False
+
+    def refeed(self) -> list[int]:
+        raise ValueError(f"{type(self).__name__} has no refeed rule")
 
 
 @dataclass
@@ -101,9 +100,12 @@ class ExposstAllocator(_AllocatorBase):
     """
 
     slot_len: int = DEFAULT_SLOT_LEN
+    refeed_rule: bool = False  # see :attr:`refeed_due`
     frontier: int = field(default=0, init=False)
     slot_next: int = field(default=0, init=False)
     slot_end: int = field(default=0, init=False)
+    last_target: int | None = field(default=None, init=False)  # position of the last one
+    read_since_write: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,6 +126,7 @@ class ExposstAllocator(_AllocatorBase):
             slot_next += 1
         self._check_limit(positions)
         self.slot_next, self.slot_end, self.frontier = slot_next, slot_end, frontier
+        self.read_since_write = self.read_since_write or (n > 0 and self.last_target is not None)
         return positions
 
     def write(self, n: int) -> list[int]:
@@ -134,7 +137,24 @@ class ExposstAllocator(_AllocatorBase):
         self._check_limit(positions)
         self.frontier += count
         self.header_written = self.header_written or with_header
+        if n > 0:
+            self.last_target, self.read_since_write = positions[-1], False
         return positions
+
+    @property
+    def refeed_due(self) -> bool:
+        """The refeed rule: after a READ that follows target tokens, the last target token
+        is fed again, at its own position, before the model predicts the next target
+        token (or the stop token), which is then predicted from that copy instead of
+        from the source token just read (docs/design.md: the refeed rule)."""
+        return self.refeed_rule and self.read_since_write
+
+    def refeed(self) -> list[int]:
+        """The position of the copy: the last target token's own position."""
+        if self.last_target is None:
+            raise ValueError("refeed before any target token was written")
+        self.read_since_write = False
+        return [self.last_target]
 
 
 @dataclass
@@ -172,10 +192,16 @@ def make_allocator(
     header_len: int,
     slot_len: int = DEFAULT_SLOT_LEN,
     max_position: int | None = None,
+    refeed: bool = False,
 ) -> ExposstAllocator | ShiftAllocator:
-    """The incremental allocator for a cache-keeping mode (``exposst`` or ``shift``)."""
+    """The incremental allocator for a cache-keeping mode (``exposst`` or ``shift``).
+
+    ``refeed`` switches on the refeed rule (ExPosST only; the shift baseline keeps
+    contiguous positions and no copies)."""
     if mode == "exposst":
-        return ExposstAllocator(prefix_len, header_len, max_position, slot_len=slot_len)
+        return ExposstAllocator(
+            prefix_len, header_len, max_position, slot_len=slot_len, refeed_rule=refeed
+        )
     if mode == "shift":
         return ShiftAllocator(prefix_len, header_len, max_position)
     raise ValueError(f"no incremental allocator for mode {mode!r}: use 'exposst' or 'shift'")
@@ -244,7 +270,7 @@ def allocate_mode(
     max_position: int | None = None,
 ) -> list[int]:
     """Positions for any layout mode (``exposst``, ``shift`` or ``offline``)."""
-    if mode == "offline":
+    if mode == OFFLINE:
         return allocate_offline(
             events, prefix_len=prefix_len, header_len=header_len, max_position=max_position
         )

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .defaults import SOURCE_LANG, TARGET_LANG
+
 SENTINEL = "\u2063EXPOSST_SOURCE\u2063"
 DEFAULT_INSTRUCTION = "Translate the following {source_lang} text into {target_lang}."
 _WORD_START_MARKS = ("Ġ", "▁", "Ċ", " ", "\n", "\t")
@@ -71,6 +73,24 @@ class PromptTemplate:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def units(words: list[list[int]], unit: str) -> list[list[int]]:
+    """Group word tokens into policy units: whole words, or single tokens."""
+    if unit == "word":
+        return [list(word) for word in words]
+    return [[token] for word in words for token in word]
+
+
+def word_delays(template: PromptTemplate, groups: list[tuple[list[int], int]]) -> list[int]:
+    """Delay of every whitespace word of the decoded text, from per-group delays."""
+    delays: list[int] = []
+    ids: list[int] = []
+    for tokens, delay in groups:
+        ids += tokens
+        words = len(split_words(template.decode(ids)))
+        delays += [delay] * (words - len(delays))
+    return delays
+
+
 def word_start_table(tokenizer: Any) -> list[bool]:
     """Per vocabulary id: does the token's text begin with whitespace (a new word)?"""
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -92,8 +112,8 @@ def _split_at_sentinel(rendered: str) -> tuple[str, str]:
 
 def build_prompt(
     tokenizer: Any,
-    source_lang: str = "English",
-    target_lang: str = "German",
+    source_lang: str = SOURCE_LANG,
+    target_lang: str = TARGET_LANG,
     *,
     system_prompt: str | None = None,
     instruction: str = DEFAULT_INSTRUCTION,

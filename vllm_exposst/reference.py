@@ -25,12 +25,17 @@ from typing import Any
 
 import torch
 
-from .layout import DEFAULT_SLOT_LEN, READ, WRITE, Event, make_allocator
+from .defaults import (
+    DECODE_MODES,
+    DEFAULT_MODE,
+    DEFAULT_REFEED,
+    DEFAULT_SLOT_LEN,
+    MAX_WORD_TOKENS,
+    target_token_limit,
+)
+from .layout import READ, REFEED, WRITE, Event, make_allocator
 from .policies import Policy, PolicyState, parse_policy
-from .prompts import PromptTemplate, split_words
-from .train_layout import units
-
-CACHE_MODES = ("exposst", "shift", "recompute")
+from .prompts import PromptTemplate, units, word_delays
 
 
 @dataclass
@@ -48,17 +53,6 @@ class DecodeResult:
     step_logprobs: list[torch.Tensor] = field(default_factory=list, repr=False)
 
 
-def word_delays(template: PromptTemplate, groups: list[tuple[list[int], int]]) -> list[int]:
-    """Delay of every whitespace word of the decoded text, from per-group delays."""
-    delays: list[int] = []
-    ids: list[int] = []
-    for tokens, delay in groups:
-        ids += tokens
-        words = len(split_words(template.decode(ids)))
-        delays += [delay] * (words - len(delays))
-    return delays
-
-
 class ReferenceDecoder:
     """Greedy simultaneous decoding of one sentence at a time."""
 
@@ -67,24 +61,26 @@ class ReferenceDecoder:
         model: Any,
         template: PromptTemplate,
         *,
-        mode: str = "exposst",
+        mode: str = DEFAULT_MODE,
         slot_len: int = DEFAULT_SLOT_LEN,
-        max_word_tokens: int = 16,
+        max_word_tokens: int = MAX_WORD_TOKENS,
         max_target_tokens: int | None = None,
         max_position: int | None = None,
         record_logprobs: bool = False,
+        refeed: bool = DEFAULT_REFEED,
     ) -> None:
-        if mode not in CACHE_MODES:
-            raise ValueError(f"unknown decoding mode {mode!r}; expected one of {CACHE_MODES}")
+        if mode not in DECODE_MODES:
+            raise ValueError(f"unknown decoding mode {mode!r}; expected one of {DECODE_MODES}")
         self.model, self.template, self.mode = model, template, mode
         self.slot_len = slot_len
         self.max_word_tokens, self.max_target_tokens = max_word_tokens, max_target_tokens
         self.max_position = max_position or getattr(model.config, "max_position_embeddings", None)
         self.record_logprobs = record_logprobs
+        self.refeed = refeed and mode == "exposst"
 
     def target_limit(self, source_tokens: int) -> int:
-        """Most target tokens for a source: ``max_target_tokens``, else twice the source + 16."""
-        return self.max_target_tokens or 2 * source_tokens + 16
+        """Most target tokens for a source (:func:`~vllm_exposst.defaults.target_token_limit`)."""
+        return target_token_limit(source_tokens, self.max_target_tokens)
 
     def translate(
         self, source: str | list[str], policy: Policy | str, *, force_target: str | None = None
@@ -112,6 +108,7 @@ class _Run:
             header_len=t.header_len,
             slot_len=decoder.slot_len,
             max_position=decoder.max_position,
+            refeed=decoder.refeed,
         )
         self.queue_ids: list[int] = list(t.prefix_ids)
         self.queue_pos: list[int] = self.allocator.prefix()
@@ -159,6 +156,9 @@ class _Run:
 
     def _peek(self, allow_stop: bool = True) -> tuple[int, float]:
         """The next token (greedy or forced) and its log-probability."""
+        if self.allocator.refeed_due:  # the refeed rule: predict from a copy
+            self._enqueue([self.target_ids[-1]], self.allocator.refeed())
+            self.events.append((REFEED, 1))
         logprobs = torch.log_softmax(self._flush(), dim=-1)
         if self.forced is not None:
             done = len(self.target_ids)

@@ -24,9 +24,10 @@ from typing import Any
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from .config import ExposstOptions
-from .hook import exposst_args
-from .plugin import check_vllm_version
+from .options import ExposstOptions
+from .positions import exposst_args
+from .prompts import word_start_table
+from .switch import check_vllm_version
 
 logger = logging.getLogger(__name__)
 FINISHED_STATS_KEPT = 4096
@@ -55,8 +56,6 @@ class ExposstScheduler(Scheduler):
     def _word_start_table(self) -> list[bool]:
         if self._word_start is None:
             from transformers import AutoTokenizer
-
-            from .prompts import word_start_table
 
             config = self.vllm_config.model_config
             tokenizer = AutoTokenizer.from_pretrained(

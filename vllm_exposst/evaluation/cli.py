@@ -1,11 +1,11 @@
-"""``exposst-eval``: a test set through one in-process engine, every method and policy.
+"""``exposst-eval``: a test set through one in-process engine, every mode and policy.
 
-Writes, under ``--output``: ``<method>/<policy>/instances.log`` (SimulEval's format)
+Writes, under ``--output``: ``<mode>/<policy>/instances.log`` (SimulEval's format)
 and ``scores.tsv`` per run, ``record.json`` (scores of every run with command,
 machine, date and versions), ``quality_latency.png`` and ``cost.png``; prints a table.
 
     exposst-eval --source test.en --target test.de --limit 100 \\
-        --methods exposst,shift,recompute,offline --policies wait-1,3,5,7,9
+        --modes exposst,shift,recompute,offline --policies wait-1,3,5,7,9
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..adapter_meta import read_adapter_meta
-from ..engine import SESSION_MODES
-from ..layout import DEFAULT_SLOT_LEN
+from ..defaults import DEFAULT_SLOT_LEN, MODES, SOURCE_LANG, TARGET_LANG
 from .data import Pair, load_pairs
 from .logs import write_config, write_instances, write_scores
 from .metrics import DEFAULT_SPEAKING_RATE, score_run
@@ -38,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", default="default", help="checkpoint folder, 'default' or tiny-llama/tiny-qwen2"
     )
     parser.add_argument("--adapter", type=Path, help="PEFT LoRA adapter folder, served by vLLM")
-    parser.add_argument("--methods", default=",".join(SESSION_MODES), help="comma-separated")
+    parser.add_argument(
+        "--modes", "--methods", dest="modes", default=",".join(MODES), help="comma-separated"
+    )
     parser.add_argument("--policies", default="wait-1,3,5,7,9", help="e.g. wait-1,3,5 or wait-3")
     parser.add_argument(
         "--slot-len",
@@ -47,8 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"default: the adapter's, else {DEFAULT_SLOT_LEN}",
     )
     parser.add_argument("--max-target-tokens", type=int, default=None)
-    parser.add_argument("--source-lang", default="English")
-    parser.add_argument("--target-lang", default="German")
+    parser.add_argument(
+        "--source-lang", default=None, help=f"default: the adapter's, else {SOURCE_LANG}"
+    )
+    parser.add_argument(
+        "--target-lang", default=None, help=f"default: the adapter's, else {TARGET_LANG}"
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="sessions open at once")
     parser.add_argument(
         "--rate",
@@ -73,12 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> RunSettings:
-    """Session settings; an adapter's ``exposst.json`` gives the slot length if none is set."""
-    slot_len = args.slot_len
-    if slot_len is None and args.adapter is not None:
-        slot_len = read_adapter_meta(args.adapter).get("slot_len")
+    """What the flags set; the rest comes from the adapter's ``exposst.json`` or the defaults."""
     return RunSettings(
-        slot_len=int(slot_len or DEFAULT_SLOT_LEN),
+        slot_len=args.slot_len,
         lora=ADAPTER_NAME if args.adapter is not None else None,
         max_target_tokens=args.max_target_tokens,
         source_lang=args.source_lang,
@@ -108,7 +109,7 @@ async def evaluate(
             write_instances(folder / "instances.log", hyps, rate)
             write_config(folder)
             write_scores(folder / "scores.tsv", scores)
-            row = {"method": spec.method, "policy": spec.policy, **scores}
+            row = {"mode": spec.mode, "policy": spec.policy, **scores}
             row.update(wall_seconds=wall, sentences_per_second=len(pairs) / wall)
             row["instances"] = str(folder / "instances.log")
             rows.append(row)
@@ -131,7 +132,7 @@ async def run_all(args: argparse.Namespace, pairs: list[Pair], runs: list[RunSpe
     try:
         settings = settings_from(args)
         # warm-up outside the measurements: the first request pays one-time costs
-        await engine.translate(pairs[0].source, config=settings.session(runs[0]))
+        await engine.translate(pairs[0].source, config=settings.session(engine, runs[0]))
         return await evaluate(engine, pairs, runs, settings, args.output, args.rate)
     finally:
         engine.shutdown()
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pairs = load_pairs(args.source, args.target, args.start, args.limit)
         runs = plan_runs(
-            [m.strip() for m in args.methods.split(",") if m.strip()],
+            [m.strip() for m in args.modes.split(",") if m.strip()],
             parse_policies(args.policies),
         )
         if not pairs:

@@ -32,6 +32,7 @@ class Hypothesis:
     elapsed: list[float]  # seconds from opening the session to each target word
     tokens_computed: int = 0
     tokens_minimum: int = 0  # prefix + header + source + target tokens, each once
+    refeeds: int = 0  # copies fed by the refeed rule (in tokens_computed, not the minimum)
     seconds: float = 0.0  # wall-clock from opening the session to its result
     request_ids: list[str] = field(default_factory=list)  # engine requests, for the counts
 
@@ -68,6 +69,7 @@ def instance_record(hyp: Hypothesis, rate: float = DEFAULT_SPEAKING_RATE) -> dic
         "elapsed_seconds": list(hyp.elapsed),
         "tokens_computed": hyp.tokens_computed,
         "tokens_minimum": hyp.tokens_minimum,
+        "refeeds": hyp.refeeds,
         "seconds": hyp.seconds,
     }
 
@@ -147,7 +149,7 @@ def cost_scores(hyps: list[Hypothesis]) -> dict[str, float]:
 
 
 def score_run(hyps: list[Hypothesis], rate: float = DEFAULT_SPEAKING_RATE) -> dict[str, Any]:
-    """Every score of one method and policy over its sentences."""
+    """Every score of one mode and policy over its sentences."""
     if not hyps:
         raise ValueError("no sentences to score")
     scores: dict[str, Any] = quality_scores(

@@ -24,24 +24,24 @@ def pyplot():  # matplotlib without a display (PNG files only)
     return plt
 
 
-def _methods(rows: list[dict[str, Any]]) -> list[str]:
+def _modes(rows: list[dict[str, Any]]) -> list[str]:
     seen: list[str] = []
     for row in rows:
-        if row["method"] != OFFLINE and row["method"] not in seen:
-            seen.append(row["method"])
+        if row["mode"] != OFFLINE and row["mode"] not in seen:
+            seen.append(row["mode"])
     return seen
 
 
 def plot_quality_latency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """BLEU against LAAL: one curve per method across policies; offline as a dashed line."""
+    """BLEU against LAAL: one curve per mode across policies; offline as a dashed line."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for method in _methods(rows):
+    for mode in _modes(rows):
         points = sorted(
-            ((r["LAAL"], r["BLEU"], r["policy"]) for r in rows if r["method"] == method),
+            ((r["LAAL"], r["BLEU"], r["policy"]) for r in rows if r["mode"] == mode),
             key=lambda p: p[0],
         )
-        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=mode)
         for x, y, policy in points:
             ax.annotate(
                 policy,
@@ -52,7 +52,7 @@ def plot_quality_latency(rows: list[dict[str, Any]], path: Path, title: str = ""
                 color=line[0].get_color(),
             )
     for row in rows:
-        if row["method"] == OFFLINE:
+        if row["mode"] == OFFLINE:
             ax.axhline(
                 row["BLEU"], linestyle="--", color="grey", label=f"offline ({row['BLEU']:.1f})"
             )
@@ -69,9 +69,9 @@ def plot_quality_latency(rows: list[dict[str, Any]], path: Path, title: str = ""
 def plot_cost(
     rows: list[dict[str, Any]], path: Path, title: str = "", minimum_of: str = "exposst"
 ) -> Path:
-    """Tokens computed and wall-clock seconds per sentence, per method across policies.
+    """Tokens computed and wall-clock seconds per sentence, per mode across policies.
 
-    ``minimum_of`` names the method whose rows give the dotted minimum-tokens line.
+    ``minimum_of`` names the mode whose rows give the dotted minimum-tokens line.
     """
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -79,18 +79,18 @@ def plot_cost(
         ("tokens_computed", "tokens computed / sentence"),
         ("seconds_per_sentence", "wall-clock s / sentence"),
     ]
-    policies = [r["policy"] for r in rows if r["method"] != OFFLINE]
+    policies = [r["policy"] for r in rows if r["mode"] != OFFLINE]
     order = sorted(dict.fromkeys(policies), key=lambda p: (_axis_value(p) or 0.0, p))
     for ax, (key, label) in zip(axes, keys, strict=True):
-        for method in _methods(rows):
-            by_policy = {r["policy"]: r[key] for r in rows if r["method"] == method}
+        for mode in _modes(rows):
+            by_policy = {r["policy"]: r[key] for r in rows if r["mode"] == mode}
             xs = [i for i, p in enumerate(order) if p in by_policy]
-            ax.plot(xs, [by_policy[order[i]] for i in xs], marker="o", label=method)
+            ax.plot(xs, [by_policy[order[i]] for i in xs], marker="o", label=mode)
         for row in rows:
-            if row["method"] == OFFLINE:
+            if row["mode"] == OFFLINE:
                 ax.axhline(row[key], linestyle="--", color="grey", label="offline")
         if key == "tokens_computed":
-            minimum = {r["policy"]: r["tokens_minimum"] for r in rows if r["method"] == minimum_of}
+            minimum = {r["policy"]: r["tokens_minimum"] for r in rows if r["mode"] == minimum_of}
             xs = [i for i, p in enumerate(order) if p in minimum]
             if xs:
                 ys = [minimum[order[i]] for i in xs]

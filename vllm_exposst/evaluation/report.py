@@ -1,11 +1,11 @@
-"""The summary table of an evaluation (rich), one row per method and policy."""
+"""The summary table of an evaluation (rich), one row per mode and policy."""
 
 from __future__ import annotations
 
 from typing import Any
 
 COLUMNS = [
-    ("method", "method", "{}"),
+    ("mode", "mode", "{}"),
     ("policy", "policy", "{}"),
     ("BLEU", "BLEU", "{:.2f}"),
     ("chrF", "chrF", "{:.2f}"),
@@ -34,7 +34,7 @@ def summary_table(rows: list[dict[str, Any]], title: str = "evaluation") -> Any:
 
     table = Table(title=title)
     for name, key, _ in COLUMNS:
-        table.add_column(name, justify="left" if key in ("method", "policy") else "right")
+        table.add_column(name, justify="left" if key in ("mode", "policy") else "right")
     for row in rows:
         table.add_row(*[_cell(row, key, fmt) for _, key, fmt in COLUMNS])
     return table

@@ -1,6 +1,6 @@
 """Run a test set through one in-process engine, many sessions at once.
 
-Each (method, policy) pair is one *run*: every sentence is translated in batch use
+Each (mode, policy) pair is one *run*: every sentence is translated in batch use
 (the whole source pushed at once, read word by word under the policy), at most
 ``concurrency`` sessions open together.  Tokens computed come from the engine's own
 counts once the run is over.
@@ -13,52 +13,53 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from ..engine import SESSION_MODES, SessionConfig, SessionRejected
-from ..layout import DEFAULT_SLOT_LEN
+from ..defaults import MODES, OFFLINE
+from ..engine import SessionConfig, SessionRejected
 from ..policies import parse_policy
 from .data import Pair
 from .metrics import Hypothesis
 
-OFFLINE = "offline"
 _REJECT_BACKOFF = 0.05  # seconds before retrying a session the engine had no room for
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One method (session mode) under one policy."""
+    """One session mode under one policy."""
 
-    method: str
+    mode: str
     policy: str
 
     @property
     def folder(self) -> str:
         """A path-safe name: ``exposst/wait-3``, ``shift/read-2_write-1``."""
-        return f"{self.method}/{re.sub(r'[^A-Za-z0-9.+-]', '_', self.policy)}"
+        return f"{self.mode}/{re.sub(r'[^A-Za-z0-9.+-]', '_', self.policy)}"
 
     @property
     def label(self) -> str:
-        return self.method if self.method == OFFLINE else f"{self.method} {self.policy}"
+        return self.mode if self.mode == OFFLINE else f"{self.mode} {self.policy}"
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """What every session of an evaluation shares."""
 
-    slot_len: int = DEFAULT_SLOT_LEN
+    slot_len: int | None = None  # None: the adapter's, else the engine's default
     lora: str | None = None
     max_target_tokens: int | None = None
-    source_lang: str = "English"
-    target_lang: str = "German"
+    source_lang: str | None = None
+    target_lang: str | None = None
     concurrency: int = 16
 
-    def session(self, spec: RunSpec) -> SessionConfig:
-        return SessionConfig(
+    def session(self, engine: Any, spec: RunSpec) -> SessionConfig:
+        """Through the engine, so an adapter's ``exposst.json`` fills what is not set."""
+        return engine.session_config(
             source_lang=self.source_lang,
             target_lang=self.target_lang,
             policy=spec.policy,
             slot_len=self.slot_len,
-            mode=spec.method,
+            mode=spec.mode,
             lora=self.lora,
             max_target_tokens=self.max_target_tokens,
         )
@@ -88,17 +89,17 @@ def parse_policies(spec: str) -> list[str]:
     return out
 
 
-def plan_runs(methods: list[str], policies: list[str]) -> list[RunSpec]:
-    """Every method under every policy; ``offline`` once (it reads everything first)."""
-    for method in methods:
-        if method not in SESSION_MODES:
-            raise ValueError(f"unknown method {method!r}; expected one of {SESSION_MODES}")
+def plan_runs(modes: list[str], policies: list[str]) -> list[RunSpec]:
+    """Every mode under every policy; ``offline`` once (it reads everything first)."""
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     runs = []
-    for method in methods:
-        if method == OFFLINE:
+    for mode in modes:
+        if mode == OFFLINE:
             runs.append(RunSpec(OFFLINE, OFFLINE))
         else:
-            runs += [RunSpec(method, policy) for policy in policies]
+            runs += [RunSpec(mode, policy) for policy in policies]
     return runs
 
 
@@ -120,6 +121,7 @@ async def translate_pair(engine, pair: Pair, config: SessionConfig) -> Hypothesi
         delays=list(result.delays),
         elapsed=list(result.elapsed),
         tokens_minimum=result.tokens_minimum,
+        refeeds=result.refeeds,
         seconds=seconds,
         request_ids=list(result.request_ids),
     )
@@ -132,9 +134,9 @@ async def run_spec(
     settings: RunSettings,
     on_done: Callable[[], None] | None = None,
 ) -> tuple[list[Hypothesis], float]:
-    """All sentences under one method and policy; returns hypotheses (file order) and wall s."""
+    """All sentences under one mode and policy; returns hypotheses (file order) and wall s."""
     gate = asyncio.Semaphore(settings.concurrency)
-    config = settings.session(spec)
+    config = settings.session(engine, spec)
 
     async def one(pair: Pair) -> Hypothesis:
         async with gate:

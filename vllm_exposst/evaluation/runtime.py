@@ -1,15 +1,8 @@
-"""An asyncio loop in a thread, and an engine started on it.
-
-SimulEval calls agents synchronously; the engine is asynchronous.  The loop thread
-lets synchronous code (the SimulEval agent, tests) drive sessions with ``run``.
-"""
+"""Engine options for in-process evaluation (float32, eager, optional adapter) and start-up."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +11,6 @@ from .. import models
 ADAPTER_NAME = "adapter"
 # vLLM 0.32 accepts these values of ``max_lora_rank`` only
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-
-
-class LoopThread:
-    """An event loop running forever in a daemon thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 600) -> Any:
-        """Run ``coro`` on the loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 def lora_rank(adapter: str | Path) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..engine import SessionRejected
+from ..engine import Session, SessionRejected, SimulEngine
 from . import metrics
 from .context import ServerContext
 from .errors import ApiError, api_error
@@ -83,9 +83,9 @@ async def chat_completions(request: Request, context: ServerContext):
     }
     if body.get("stream"):
         return StreamingResponse(
-            _stream(session, source, meta, config), media_type="text/event-stream"
+            _stream(context.engine, session, source, meta, config), media_type="text/event-stream"
         )
-    return await _complete(request, session, source, meta, config)
+    return await _complete(request, context.engine, session, source, meta, config)
 
 
 async def _feed(session, source: str) -> None:
@@ -102,16 +102,18 @@ def _simul_summary(result, tokens_computed: int) -> dict[str, Any]:
     }
 
 
-async def _finish_result(session):
+async def _finish_result(engine: SimulEngine, session: Session):
     result = await session.result()
     metrics.observe_result(result)
-    tokens = await session.engine.tokens_computed(result.request_ids)
+    tokens = await engine.tokens_computed(result.request_ids)
     return result, tokens
 
 
-async def _complete(request: Request, session, source: str, meta: dict, config) -> JSONResponse:
+async def _complete(
+    request: Request, engine: SimulEngine, session: Session, source: str, meta: dict, config
+) -> JSONResponse:
     """Non-streaming: wait for the sentence, abort it if the client goes away."""
-    work = asyncio.ensure_future(_translate(session, source))
+    work = asyncio.ensure_future(_translate(engine, session, source))
     try:
         while not work.done():
             if await request.is_disconnected():
@@ -146,9 +148,9 @@ async def _complete(request: Request, session, source: str, meta: dict, config) 
     )
 
 
-async def _translate(session, source: str):
+async def _translate(engine: SimulEngine, session: Session, source: str):
     await _feed(session, source)
-    return await _finish_result(session)
+    return await _finish_result(engine, session)
 
 
 def _chunk(meta: dict, delta: dict, finish: str | None, simul: dict) -> str:
@@ -166,7 +168,9 @@ def _finish_reason(result, config) -> str:
     return "length" if limit and len(result.target_ids) >= limit else "stop"
 
 
-async def _stream(session, source: str, meta: dict, config) -> AsyncIterator[str]:
+async def _stream(
+    engine: SimulEngine, session: Session, source: str, meta: dict, config
+) -> AsyncIterator[str]:
     """SSE: a chunk per written word, a final chunk with the summary, then [DONE]."""
     try:
         await _feed(session, source)
@@ -177,7 +181,7 @@ async def _stream(session, source: str, meta: dict, config) -> AsyncIterator[str
                 delta["role"] = "assistant"
                 first = False
             yield _chunk(meta, delta, None, {"source_words_read": piece.source_words_read})
-        result, tokens = await _finish_result(session)
+        result, tokens = await _finish_result(engine, session)
         yield _chunk(meta, {}, _finish_reason(result, config), _simul_summary(result, tokens))
     except Exception as exc:  # after the 200 header: the error travels in the stream
         yield f"data: {json.dumps(api_error(exc).body())}\n\n"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import SessionConfig, SimulEngine, UnknownModelError
+from ..engine import SessionConfig, SessionTooLong, SimulEngine, UnknownModelError
 
 # request keys that select how a sentence is translated (``simul`` object, session.update)
-SIMUL_KEYS = ("policy", "slot_len", "mode", "source_lang", "target_lang")
+SIMUL_KEYS = ("policy", "slot_len", "mode", "source_lang", "target_lang", "refeed")
 
 
 @dataclass
@@ -33,9 +33,10 @@ class ServerContext:
         """None for the base model, the adapter's name for a LoRA, else an error."""
         if model is None or model in self.served_models:
             return None
-        if model in self.engine._lora:
+        adapters = self.engine.adapters()
+        if model in adapters:
             return model
-        known = [*self.served_models, *sorted(self.engine._lora)]
+        known = [*self.served_models, *sorted(adapters)]
         raise UnknownModelError(f"the model {model!r} does not exist; served: {known}")
 
     def check_source_fits(self, config: SessionConfig, source: str) -> None:
@@ -43,9 +44,7 @@ class ServerContext:
         template = self.engine.template(config)
         needed = len(template.offline_prompt(source))
         if needed >= self.engine.max_model_len:
-            from ..engine import SessionError
-
-            raise SessionError(
+            raise SessionTooLong(
                 f"the source needs {needed} positions before any target token; "
                 f"positions must stay below {self.engine.max_model_len} (max_model_len)"
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import SessionError, SessionRejected, SessionTimeout, UnknownModelError
+from ..engine import SessionRejected, SessionTimeout, SessionTooLong, UnknownModelError
 
 RETRY_AFTER_SECONDS = 1
 
@@ -43,7 +43,7 @@ def api_error(exc: BaseException) -> ApiError:
         return ApiError(429, str(exc), "rate_limit_error", "too_many_sessions")
     if isinstance(exc, SessionTimeout):
         return ApiError(408, str(exc), "timeout_error", "idle_timeout")
-    if isinstance(exc, SessionError) and "max_model_len" in str(exc):
+    if isinstance(exc, SessionTooLong):
         return ApiError(400, str(exc), "invalid_request_error", "context_length_exceeded")
     if isinstance(exc, ValueError):
         return ApiError(400, str(exc))

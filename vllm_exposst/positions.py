@@ -1,9 +1,11 @@
-"""The position-id hook in vLLM's V1 model runner (worker side).
+"""Allocated positions on the worker side: one table per live ExPosST request.
 
 vLLM computes ``positions = num_computed_tokens + arange`` in
 ``GPUModelRunner._prepare_inputs`` and uses those *physical* indices for the token
-ids and the KV slot mapping.  After that method returns, this hook overwrites the
-positions handed to the model (``self.positions``) for ExPosST requests only: in
+ids and the KV slot mapping.  After that method returns, :meth:`PositionHook.rewrite`
+overwrites the positions handed to the model (``runner.positions``) for ExPosST
+requests only
+(the wrapping itself is :mod:`vllm_exposst.patch.worker`): in
 Llama and Qwen2 they reach the rotary embedding alone, and attention stays causal
 over physical order.  Ordinary requests keep vLLM's own values.
 
@@ -16,14 +18,12 @@ after preemption and chunked prefill replay the same positions.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
 EXTRA_KEY = "exposst"
 
 
@@ -79,62 +79,31 @@ class PositionHook:
             table.update(int(args["start"]), list(args["positions"]), int(args["decode"]))
 
     def rewrite(self, runner: Any, num_scheduled_tokens: np.ndarray) -> None:
-        """Replace physical positions by allocated ones for ExPosST requests."""
+        """Give ExPosST requests their allocated positions in ``runner.positions``.
+
+        vLLM 0.32 computes the step's positions on the device; their values are the
+        host-side ``num_computed_tokens_cpu[request] + arange``, so the physical
+        positions are rebuilt here on the host, the ExPosST rows looked up, and the
+        result written with one host-to-device copy.  Nothing is read back from the
+        device (no synchronisation on a GPU).
+        """
         if not self.tables:
             return
-        req_ids = runner.input_batch.req_ids[: len(num_scheduled_tokens)]
-        ends = np.cumsum(num_scheduled_tokens)
-        total = int(ends[-1]) if len(ends) else 0
-        physical = None
-        for req_id, end, count in zip(req_ids, ends, num_scheduled_tokens):
-            table = self.tables.get(req_id)
-            if table is None or count == 0:
-                continue
-            if physical is None:
-                physical = runner.positions[:total].cpu().numpy().copy()
-            start = int(end - count)
-            physical[start:end] = table.lookup(physical[start:end])
-        if physical is not None:
-            runner.positions[:total].copy_(torch.from_numpy(physical))
-
-
-def install() -> None:
-    """Wrap the V1 model runner's state update and input preparation (idempotent)."""
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    if getattr(GPUModelRunner, "_exposst_hooked", False):
-        return
-    original_update = GPUModelRunner._update_states
-    original_prepare = GPUModelRunner._prepare_inputs
-
-    def _update_states(self, scheduler_output):
-        hook = _hook_for(self)
-        if hook is not None:
-            hook.on_scheduler_output(scheduler_output)
-        return original_update(self, scheduler_output)
-
-    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens_np, *args, **kwargs):
-        result = original_prepare(self, scheduler_output, num_scheduled_tokens_np, *args, **kwargs)
-        hook = _hook_for(self)
-        if hook is not None:
-            hook.rewrite(self, num_scheduled_tokens_np)
-        return result
-
-    GPUModelRunner._update_states = _update_states
-    GPUModelRunner._prepare_inputs = _prepare_inputs
-    GPUModelRunner._exposst_hooked = True
-
-
-def _hook_for(runner: Any) -> PositionHook | None:
-    """The runner's hook when the plugin is switched on for its engine, else None."""
-    hook = runner.__dict__.get("_exposst_hook", False)
-    if hook is False:
-        from .plugin import is_enabled
-
-        hook = PositionHook() if is_enabled(runner.vllm_config) else None
-        if hook is not None:
-            from . import lora_cpu_fix
-
-            lora_cpu_fix.install()
-        runner._exposst_hook = hook
-    return hook
+        counts = np.asarray(num_scheduled_tokens, dtype=np.int64)
+        req_ids = runner.input_batch.req_ids[: len(counts)]
+        rows = [
+            (i, table)
+            for i, req_id in enumerate(req_ids)
+            if counts[i] and (table := self.tables.get(req_id)) is not None
+        ]
+        if not rows:
+            return
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        total = int(ends[-1])
+        computed = np.asarray(runner.input_batch.num_computed_tokens_cpu[: len(counts)])
+        positions = np.repeat(computed.astype(np.int64) - starts, counts) + np.arange(total)
+        for i, table in rows:
+            start, end = int(starts[i]), int(ends[i])
+            positions[start:end] = table.lookup(positions[start:end])
+        runner.positions[:total].copy_(torch.from_numpy(positions))

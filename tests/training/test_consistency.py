@@ -13,9 +13,9 @@ import torch
 
 from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
 from vllm_exposst.reference import ReferenceDecoder
-from vllm_exposst.train_layout import build_example, fixed_layout_mask, fixed_layout_order
+from vllm_exposst.training.examples import build_example, fixed_layout_mask, fixed_layout_order
 
-from .conftest import random_sentence
+from ..conftest import random_sentence
 
 POLICIES = [
     "wait-1",
@@ -136,7 +136,7 @@ def _kinds(result, template) -> list[str]:
         if kind == "W" and n and not header:
             kinds += ["header"] * template.header_len
             header = True
-        kinds += ["source" if kind == "R" else "target"] * n
+        kinds += [{"R": "source", "W": "target", "F": "refeed"}[kind]] * n
     return kinds
 
 

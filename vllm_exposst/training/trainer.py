@@ -1,13 +1,13 @@
 """Policy-consistent LoRA fine-tuning with ``transformers.Trainer`` and PEFT (design section 4).
 
 Each pair becomes one sequence in event order with the allocated position ids
-(:func:`vllm_exposst.train_layout.build_example`); attention is causal over event
+(:func:`vllm_exposst.training.examples.build_example`); attention is causal over event
 order and the loss covers target tokens and the stop token.  Multi-policy training
 draws one policy per example from the mix (seeded).  The result is a PEFT adapter
 folder that vLLM loads with ``--lora-modules``, plus ``exposst.json`` saying how it
 was trained.
 
-    from vllm_exposst.trainer import TrainConfig, train
+    from vllm_exposst.training.trainer import TrainConfig, train
     train(TrainConfig(train=["train.en", "train.de"], output_dir="out", model="default"))
 
 Every input is checked by :func:`prepare` before a step is taken.
@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
 
-from . import models
-from .adapter_meta import write_adapter_meta
-from .layout import DEFAULT_SLOT_LEN, LAYOUT_MODES
-from .policies import Policy
-from .prompts import PromptTemplate, build_prompt
-from .train_data import (
+from .. import models
+from ..adapter_meta import write_adapter_meta
+from ..defaults import TRAIN_MODES
+from ..prompts import build_prompt
+from .config import Prepared, TrainConfig, TrainResult
+from .data import (
     LayoutDataset,
     PadCollator,
-    Pair,
     TokenBudgetBatchSampler,
     TrainingInputError,
     build_dataset,
@@ -41,101 +39,20 @@ from .train_data import (
     sample_policies,
     training_policies,
 )
-from .train_eval import DECODE_MODE, DevEvaluator
-from .train_progress import ProgressBar, ThroughputMeter, TimeLimit
+from .dev_eval import DevEvaluator
+from .progress import ProgressBar, ThroughputMeter, TimeLimit
+from .record import SAVE_DTYPES, adapter_meta, cast_adapter_weights, last_eval
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt")
 CHECKPOINTS = "checkpoints"  # inside the output folder
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run needs; the CLI fills it from its flags."""
-
-    train: list[str]  # [source file, target file] or [pairs .tsv / .jsonl]
-    output_dir: str
-    model: str = "default"  # checkpoint folder, "default", "tiny-llama" or "tiny-qwen2"
-    dev: list[str] | None = None
-    source_lang: str = "English"
-    target_lang: str = "German"
-    system_prompt: str | None = None
-    layout: str = "exposst"
-    policy: str = "wait-k:1-9"
-    inference_policy: str | None = None  # default: the single training policy, else wait-3
-    slot_len: int = DEFAULT_SLOT_LEN
-    lookahead_labels: bool = False  # train_layout.add_lookahead_labels
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    learning_rate: float = 2e-4
-    schedule: str = "linear"
-    warmup: float = 0.03  # < 1: share of the steps; >= 1: steps
-    weight_decay: float = 0.0
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_tokens: int = 4096  # padded tokens per batch
-    max_batch_size: int | None = None
-    grad_accum: int = 1
-    max_length: int = 256  # longer examples are left out (and counted)
-    max_pairs: int | None = None  # use the first N training pairs
-    seed: int = 0
-    resume: str | None = None  # a checkpoint folder, or "latest"
-    overwrite: bool = False
-    eval_every: int = 500  # steps; 0: only at the end (when dev pairs are given)
-    eval_sentences: int = 100  # dev pairs used for dev loss and decoding
-    save_every: int = 500  # checkpoint interval in steps; 0: none
-    log_every: int = 10
-    bf16: bool = False
-    max_minutes: float | None = None  # stop (and save) after this much training time
-    save_dtype: str = "float32"  # adapter weights as stored: bfloat16/float16 halve the file
-    threads: int | None = None  # torch CPU threads (1 is fastest on a busy CPU)
-    cache_dir: str | None = None
-    progress: bool = True
-
-
-@dataclass
-class Prepared:
-    """A checked run: model with fresh LoRA layers, prompt pieces and datasets."""
-
-    config: TrainConfig
-    model_path: Path
-    model: Any  # PeftModel
-    tokenizer: Any
-    template: PromptTemplate
-    mix: list[Policy]
-    inference: Policy
-    train_pairs: list[Pair]
-    dev_pairs: list[Pair]
-    train_set: LayoutDataset
-    dev_set: LayoutDataset | None
-    dev_eval: DevEvaluator | None
-    resume_from: str | None
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    steps: int
-    meta: dict[str, Any]
-    log_history: list[dict[str, Any]]
-    tokens: int
-    train_seconds: float
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.train_seconds if self.train_seconds else 0.0
-
-
 # -- checks ----------------------------------------------------------------------------
 def check_options(config: TrainConfig) -> None:
     """Option values that need no file or model."""
-    if config.layout not in LAYOUT_MODES:
-        raise TrainingInputError(
-            f"unknown layout {config.layout!r}; expected one of {LAYOUT_MODES}"
-        )
+    if config.layout not in TRAIN_MODES:
+        raise TrainingInputError(f"unknown layout {config.layout!r}; expected one of {TRAIN_MODES}")
     if config.save_dtype not in SAVE_DTYPES:
         raise TrainingInputError(
             f"unknown save dtype {config.save_dtype!r}; expected one of {list(SAVE_DTYPES)}"
@@ -236,7 +153,7 @@ def _model_path(config: TrainConfig) -> Path:
 # -- preparation -----------------------------------------------------------------------
 def prepare(config: TrainConfig) -> Prepared:
     """Check every input, load the model with LoRA layers and build the datasets."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import set_seed
 
     check_options(config)
@@ -262,6 +179,7 @@ def prepare(config: TrainConfig) -> Prepared:
         mode=config.layout,
         slot_len=config.slot_len,
         lookahead_labels=config.lookahead_labels,
+        refeed=config.refeed,
         max_length=config.max_length,
         max_position=getattr(model.config, "max_position_embeddings", None),
     )
@@ -287,7 +205,10 @@ def prepare(config: TrainConfig) -> Prepared:
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model.train(), lora)
+    if config.init_adapter:
+        model = PeftModel.from_pretrained(model.train(), config.init_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model.train(), lora)
     return Prepared(
         config,
         model_path,
@@ -437,7 +358,7 @@ def train(config: TrainConfig) -> TrainResult:
     prepared = prepare(config)
     trainer, meter = make_trainer(prepared)
     trainer.train(resume_from_checkpoint=prepared.resume_from)
-    final = _last_eval(trainer.state.log_history, trainer.state.global_step)
+    final = last_eval(trainer.state.log_history, trainer.state.global_step)
     if prepared.dev_set is not None and not final:
         final = trainer.evaluate()
     out = Path(config.output_dir).expanduser()
@@ -453,105 +374,3 @@ def train(config: TrainConfig) -> TrainResult:
     write_adapter_meta(out, meta)
     (out / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
     return TrainResult(out, steps, meta, history, meter.tokens, meter.seconds)
-
-
-SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cast_adapter_weights(folder: Path, dtype: str) -> None:
-    """Store the adapter's floating-point weights as ``dtype`` (vLLM and PEFT cast on load)."""
-    if dtype == "float32":
-        return
-    from safetensors.torch import load_file, save_file
-
-    path = folder / "adapter_model.safetensors"
-    tensors = load_file(str(path))
-    cast = {k: v.to(SAVE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}
-    save_file(cast, str(path), metadata={"format": "pt"})
-
-
-def _last_eval(history: list[dict[str, Any]], step: int) -> dict[str, Any]:
-    """Dev metrics logged at ``step`` (the periodic evaluation may have run there)."""
-    found: dict[str, Any] = {}
-    for entry in history:
-        if entry.get("step") == step:
-            found.update({k: v for k, v in entry.items() if k.startswith("eval_")})
-    return found
-
-
-def _dev_record(prepared: Prepared, final: dict[str, Any]) -> dict[str, Any]:
-    """Final dev scores and how they were decoded."""
-    record: dict[str, Any] = {
-        "policy": prepared.inference.spec,
-        "decode_mode": DECODE_MODE[prepared.config.layout],
-        "sentences": len(prepared.dev_pairs),
-    }
-    for key in ("loss", "bleu", "exact", "decode_seconds"):
-        if f"eval_{key}" in final:
-            record[key] = final[f"eval_{key}"]
-    return record
-
-
-def _data_record(files: list[str], pairs: list[Pair], dataset: LayoutDataset) -> dict[str, Any]:
-    return {
-        "files": [str(Path(f).expanduser().resolve()) for f in files],
-        "pairs": len(pairs),
-        "examples": len(dataset),
-        "skipped": dataset.skipped,
-        "tokens": dataset.tokens,
-        "mean_tokens": round(dataset.tokens / max(len(dataset), 1), 2),
-        "mean_positions": round(dataset.positions / max(len(dataset), 1), 2),
-    }
-
-
-def adapter_meta(
-    prepared: Prepared,
-    steps: int,
-    history: list[dict[str, Any]],
-    final: dict[str, Any],
-    meter: ThroughputMeter,
-) -> dict[str, Any]:
-    """The ``exposst.json`` record: how to run the adapter, and how it was made."""
-    c = prepared.config
-    local = Path(c.model).expanduser()
-    losses = [entry["loss"] for entry in history if "loss" in entry]
-    data = {"train": _data_record(c.train, prepared.train_pairs, prepared.train_set)}
-    if prepared.dev_set is not None and c.dev:
-        data["dev"] = _data_record(c.dev, prepared.dev_pairs, prepared.dev_set)
-    return {
-        "layout": c.layout,
-        "policy": "offline" if c.layout == "offline" else c.policy,
-        "inference_policy": prepared.inference.spec,
-        "slot_len": c.slot_len,
-        "lookahead_labels": c.lookahead_labels,
-        "source_lang": c.source_lang,
-        "target_lang": c.target_lang,
-        "system_prompt": c.system_prompt,
-        "base_model": str(local.resolve()) if local.exists() else c.model,
-        "base_model_path": str(prepared.model_path.resolve()),
-        "data": data,
-        "steps": steps,
-        "seed": c.seed,
-        "lora": {
-            "r": c.lora_r,
-            "alpha": c.lora_alpha,
-            "dropout": c.lora_dropout,
-            "target_modules": list(c.lora_targets),
-        },
-        "training": {
-            "learning_rate": c.learning_rate,
-            "schedule": c.schedule,
-            "warmup": c.warmup,
-            "epochs": c.epochs,
-            "max_steps": c.max_steps,
-            "batch_tokens": c.batch_tokens,
-            "grad_accum": c.grad_accum,
-            "max_length": c.max_length,
-            "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
-            "tokens": meter.tokens,
-            "train_seconds": round(meter.seconds, 2),
-            "tokens_per_second": round(meter.rate, 1),
-        },
-        "dev": _dev_record(prepared, final) if final else None,
-    }

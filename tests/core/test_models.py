@@ -57,8 +57,21 @@ def test_decode_cli_translates_and_reports_costs(model_cache, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["mode"] for r in records] == ["exposst", "recompute"]
     exposst = records[0]
-    assert exposst["tokens_computed"] == exposst["tokens_minimum"] - exposst["truncated"]
+    # the refeed rule (default) adds one copy per READ-then-WRITE turn, counted as computed
+    assert exposst["refeeds"] >= 1
+    assert exposst["tokens_computed"] == (
+        exposst["tokens_minimum"] + exposst["refeeds"] - exposst["truncated"]
+    )
     assert records[1]["tokens_computed"] > records[1]["tokens_minimum"]
+    assert records[1]["refeeds"] == 0
+
+
+def test_decode_cli_without_refeed_computes_each_token_once(model_cache, capsys):
+    argv = ["a dog runs in the park", "--model", "tiny-llama", "--cache-dir", str(model_cache)]
+    assert decode_cli.main([*argv, "--no-refeed", "--json"]) == 0
+    (exposst,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert exposst["refeeds"] == 0
+    assert exposst["tokens_computed"] == exposst["tokens_minimum"] - exposst["truncated"]
 
 
 @pytest.mark.parametrize(
@@ -89,4 +102,8 @@ def test_default_model_translates_with_wait_3():
     assert result.delays[0] == 3 and result.delays == sorted(result.delays)
     minimum = template.prefix_len + template.header_len + len(result.target_ids)
     minimum += sum(len(w) for w in template.words_ids(source))
-    assert result.tokens_computed == minimum
+    # the refeed rule: at most one copy of the last target token per READ after the first WRITE
+    refeeds = sum(kind == "F" for kind, _ in result.events)
+    assert 1 <= refeeds <= len(source.split()) - 3
+    truncated = len(result.target_ids) >= 40  # the last target token is then never fed
+    assert result.tokens_computed == minimum + refeeds - truncated

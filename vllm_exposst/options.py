@@ -6,24 +6,31 @@ serve`` with a clear message instead of failing a session later.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-from .layout import DEFAULT_SLOT_LEN
+from .defaults import (
+    DEFAULT_MODE,
+    DEFAULT_POLICY,
+    DEFAULT_REFEED,
+    DEFAULT_SLOT_LEN,
+    MODES,
+    SOURCE_LANG,
+    TARGET_LANG,
+)
 from .policies import parse_policy
-
-MODES = ("exposst", "shift", "recompute", "offline")
 
 
 @dataclass(frozen=True)
 class ExposstOptions:
     """Server-wide defaults and limits for sessions."""
 
-    policy: str = "wait-3"
+    policy: str = DEFAULT_POLICY
     slot_len: int = DEFAULT_SLOT_LEN
-    mode: str = "exposst"
-    source_lang: str = "English"
-    target_lang: str = "German"
+    mode: str = DEFAULT_MODE
+    source_lang: str = SOURCE_LANG
+    target_lang: str = TARGET_LANG
+    refeed: bool = DEFAULT_REFEED
     max_sessions: int | None = None  # default: the engine's max_num_seqs
     session_max_tokens: int = 512  # KV reserved per session at admission
     idle_timeout: float | None = 300.0  # seconds without activity before a session is closed
@@ -46,6 +53,8 @@ class ExposstOptions:
             fail("slot_len", "must be an integer >= 1")
         if self.mode not in MODES:
             fail("mode", f"must be one of {MODES}")
+        if not isinstance(self.refeed, bool):
+            fail("refeed", "must be true or false")
         if self.max_sessions is not None and (
             not isinstance(self.max_sessions, int) or self.max_sessions < 1
         ):
@@ -71,6 +80,3 @@ class ExposstOptions:
                 f"--additional-config exposst: unknown option(s) {unknown}; known: {sorted(known)}"
             )
         return cls(**raw)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)

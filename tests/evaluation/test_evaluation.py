@@ -21,9 +21,9 @@ from vllm_exposst.evaluation import agents, cli, logs, metrics
 from vllm_exposst.evaluation.data import Pair, load_pairs
 from vllm_exposst.evaluation.runner import RunSettings, RunSpec, parse_policies, plan_runs
 
-from .conftest import engine_for_module, write_test_set
+from ..conftest import engine_for_module, write_test_set
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAIRS = [
     ("a man walks in the park", "ein mann geht im park"),
     ("two dogs play with a red ball near the tree", "zwei hunde spielen mit einem roten ball"),
@@ -138,7 +138,7 @@ def test_parse_policies_and_plan():
     with pytest.raises(ValueError):
         parse_policies("wait-x")
     runs = plan_runs(["exposst", "offline", "shift"], ["wait-1", "wait-3"])
-    assert [(r.method, r.policy) for r in runs] == [
+    assert [(r.mode, r.policy) for r in runs] == [
         ("exposst", "wait-1"),
         ("exposst", "wait-3"),
         ("offline", "offline"),
@@ -241,7 +241,7 @@ AGENT_RUNS = [
 
 @pytest.fixture(scope="module")
 def runner_rows(engine, engine_loop, data_files, tmp_path_factory):
-    """exposst-eval's code path on the fixture engine: every method, wait-1 and wait-3."""
+    """exposst-eval's code path on the fixture engine: every mode, wait-1 and wait-3."""
     out = tmp_path_factory.mktemp("eval")
     pairs = load_pairs(*data_files)
     runs = plan_runs(["exposst", "shift", "recompute", "offline"], ["wait-1", "wait-3"])
@@ -264,12 +264,12 @@ def run_agent(engine, engine_loop, data_files, out, **options):
 @pytest.mark.engine
 def test_runner_scores_are_present_and_in_range(runner_rows):
     out, pairs, rows = runner_rows
-    by = {(r["method"], r["policy"]): r for r in rows}
+    by = {(r["mode"], r["policy"]): r for r in rows}
     for row in rows:
         for name in ("BLEU", "chrF"):
             assert 0.0 <= row[name] <= 100.0
         for name in metrics.LATENCY_METRICS:
-            assert math.isfinite(row[name]), (row["method"], row["policy"], name)
+            assert math.isfinite(row[name]), (row["mode"], row["policy"], name)
         longest = max(len(p.source.split()) for p in pairs)
         assert 0.0 < row["LAAL"] <= longest
         assert row["CA_LAAL"] >= row["LAAL"]  # elapsed time only adds delay
@@ -279,18 +279,21 @@ def test_runner_scores_are_present_and_in_range(runner_rows):
     mean_length = sum(len(p.source.split()) for p in pairs) / len(pairs)
     assert by[("offline", "offline")]["LAAL"] == pytest.approx(mean_length)
     assert by[("exposst", "wait-1")]["LAAL"] < by[("exposst", "wait-3")]["LAAL"]
-    # cost: exposst and shift compute each token once; recompute re-encodes after READs
-    for method, policy in by:
-        log = logs.read_instances(out / RunSpec(method, policy).folder / "instances.log")
+    # cost: exposst and shift compute each token once (exposst plus the refeed rule's
+    # copies, which only exposst feeds); recompute re-encodes after READs
+    for mode, policy in by:
+        log = logs.read_instances(out / RunSpec(mode, policy).folder / "instances.log")
         computed = [i["tokens_computed"] for i in log]
-        minimum = [i["tokens_minimum"] for i in log]
-        if method == "recompute":
+        minimum = [i["tokens_minimum"] + i["refeeds"] for i in log]
+        if mode != "exposst":
+            assert all(i["refeeds"] == 0 for i in log), (mode, policy)
+        if mode == "recompute":
             assert all(c > m for c, m in zip(computed, minimum))
         elif policy.startswith("token-"):
             # a token-level session never feeds its last target token: nothing follows it
             assert computed == [m - 1 for m in minimum]
         else:
-            assert computed == minimum, (method, policy)
+            assert computed == minimum, (mode, policy)
 
 
 @pytest.mark.engine

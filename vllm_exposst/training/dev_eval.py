@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .policies import Policy
-from .prompts import PromptTemplate
-from .reference import ReferenceDecoder
+from ..policies import Policy
+from ..prompts import PromptTemplate
+from ..reference import ReferenceDecoder
 
 # training layout -> the reference decoder's cache mode for dev decoding; an offline
 # model under a simultaneous policy is run with recomputation (test-time wait-k)

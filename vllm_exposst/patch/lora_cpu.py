@@ -4,13 +4,18 @@
 ops gather ``weights[indices]``; ``-1`` picks the *last* adapter slot, so with
 ``max_loras`` adapters loaded, plain requests batched beside LoRA requests run
 with someone else's adapter (the GPU kernels skip ``-1``).  The replacements below
-give those tokens a zero LoRA contribution.  Installed in the worker of an engine
-that runs ExPosST (see :mod:`hook`), so other vLLM users are untouched.
+give those tokens a zero LoRA contribution.  They are installed by the plugin but
+only take effect in a worker process of an engine that runs ExPosST (the worker patch
+calls :func:`activate`), so other vLLM users are untouched.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from . import replace
 
 
 def _gather(weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -60,16 +65,33 @@ def bgmv_expand_slice(
         output_tensor[:, slice_offset : slice_offset + slice_size] = outputs[:]
 
 
-def install() -> None:
-    """Replace the three gathering ops where vLLM looks them up (idempotent)."""
+_active = False
+FIXED = {
+    "bgmv_shrink": bgmv_shrink,
+    "bgmv_expand": bgmv_expand,
+    "bgmv_expand_slice": bgmv_expand_slice,
+}
+
+
+def activate() -> None:
+    """Use the fixed ops in this process (a worker of an ExPosST engine)."""
+    global _active
+    _active = True
+
+
+def apply() -> None:
+    """Route the three gathering ops through the fix where vLLM looks them up."""
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
 
     for module in (lora_ops, punica_cpu):
-        for name, fixed in (
-            ("bgmv_shrink", bgmv_shrink),
-            ("bgmv_expand", bgmv_expand),
-            ("bgmv_expand_slice", bgmv_expand_slice),
-        ):
+        for name, fixed in FIXED.items():
             if hasattr(module, name):
-                setattr(module, name, fixed)
+                replace(module, name, lambda original, fixed=fixed: _switched(original, fixed))
+
+
+def _switched(original: Any, fixed: Any) -> Any:
+    def op(*args: Any, **kwargs: Any) -> Any:
+        return (fixed if _active else original)(*args, **kwargs)
+
+    return op

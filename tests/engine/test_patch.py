@@ -1,40 +1,19 @@
-"""Plugin switch, version check and the position table (no engine)."""
+"""The patches of vLLM (ledger, idempotence, V1 pin, LoRA ops) and the position table."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+from pathlib import Path
 
-from vllm_exposst import plugin
-from vllm_exposst.hook import PositionHook, PositionTable
+import numpy as np
+
+from vllm_exposst import patch, plugin, switch
+from vllm_exposst.positions import PositionHook, PositionTable
 from vllm_exposst.scheduler import external_id
 
 
 class _Config:
     def __init__(self, scheduler_cls):
         self.scheduler_config = type("S", (), {"scheduler_cls": scheduler_cls})()
-
-
-def test_plugin_is_inert_unless_the_exposst_scheduler_is_chosen():
-    from vllm_exposst.scheduler import ExposstScheduler
-
-    assert not plugin.is_enabled(_Config(None))
-    assert not plugin.is_enabled(_Config("vllm.v1.core.sched.async_scheduler.AsyncScheduler"))
-    assert plugin.is_enabled(_Config(plugin.SCHEDULER_CLS))
-    assert plugin.is_enabled(_Config(ExposstScheduler))
-
-    class Custom(ExposstScheduler):
-        pass
-
-    assert plugin.is_enabled(_Config(Custom))
-
-
-def test_an_unsupported_vllm_fails_loudly(monkeypatch):
-    import vllm
-
-    monkeypatch.setattr(vllm, "__version__", "0.33.1")
-    with pytest.raises(plugin.UnsupportedVllmError, match="0.32"):
-        plugin.check_vllm_version()
 
 
 def test_position_table_replays_chunks_and_generated_tokens():
@@ -72,20 +51,20 @@ def test_lora_ops_give_tokens_without_an_adapter_no_contribution():
     """vLLM 0.32's torch LoRA ops read index -1 as the last adapter slot; the fix zeroes it."""
     import torch
 
-    from vllm_exposst import lora_cpu_fix
+    from vllm_exposst.patch import lora_cpu
 
     torch.manual_seed(0)
     weights = torch.randn(2, 1, 4, 6)  # 2 adapter slots, rank 4, hidden 6
     inputs = torch.randn(3, 6)
     indices = torch.tensor([-1, 0, 1])
     out = torch.zeros(3, 4)
-    lora_cpu_fix.bgmv_shrink(inputs, weights, out, indices, 0.5)
+    lora_cpu.bgmv_shrink(inputs, weights, out, indices, 0.5)
     assert torch.all(out[0] == 0)
     torch.testing.assert_close(out[1], 0.5 * weights[0, 0] @ inputs[1])
     torch.testing.assert_close(out[2], 0.5 * weights[1, 0] @ inputs[2])
     expand = torch.randn(2, 1, 6, 4)
     base = torch.ones(3, 6)
-    lora_cpu_fix.bgmv_expand(out, expand, base, indices, add_inputs=True)
+    lora_cpu.bgmv_expand(out, expand, base, indices, add_inputs=True)
     torch.testing.assert_close(base[0], torch.ones(6))
     torch.testing.assert_close(base[1], 1 + expand[0, 0] @ out[1])
 
@@ -94,4 +73,42 @@ def test_exposst_engines_pin_the_v1_model_runner():
     from vllm.config import VllmConfig
 
     plugin.register()  # idempotent; vLLM also calls it when it loads plugins
-    assert VllmConfig.use_v2_model_runner.fget(_Config(plugin.SCHEDULER_CLS)) is False
+    assert VllmConfig.use_v2_model_runner.fget(_Config(switch.SCHEDULER_CLS)) is False
+
+
+def test_every_patched_attribute_is_in_the_ledger_and_applied_once():
+    """register() twice leaves one layer of wrapping; each replaced attribute is listed."""
+    import importlib
+
+    plugin.register()
+    plugin.register()
+    for entry in patch.LEDGER:
+        path, _, rest = entry.target.partition(" ")
+        module_name, *attrs = _split_target(path)
+        owner = importlib.import_module(module_name)
+        for attr in attrs[:-1]:
+            owner = getattr(owner, attr)
+        head, _, options = attrs[-1].rstrip("}").partition("{")
+        names = [head + option for option in options.split(",")] if options else [head]
+        for name in names:
+            value = getattr(owner, name)
+            function = value.fget if isinstance(value, property) else value
+            original = getattr(function, patch.MARK, None)
+            assert original is not None, f"{entry.target}: {name} is not patched"
+            inner = original.fget if isinstance(original, property) else original
+            assert getattr(inner, patch.MARK, None) is None, f"{name} wrapped twice"
+            assert (Path(patch.__file__).parent / f"{entry.module}.py").exists()
+
+
+def _split_target(path: str) -> list[str]:
+    """``a.b.C.meth`` -> [importable module, attribute, ...]."""
+    import importlib
+
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        return [".".join(parts[:cut]), *parts[cut:]]
+    raise ImportError(path)

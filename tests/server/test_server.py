@@ -26,7 +26,7 @@ from vllm_exposst.models import ENGLISH_WORDS
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
 
-from .conftest import make_random_adapter, peft_model, random_sentence
+from ..conftest import make_random_adapter, peft_model, random_sentence
 
 pytestmark = pytest.mark.server
 API_KEY = "test-key"

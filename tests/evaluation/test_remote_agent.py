@@ -21,12 +21,12 @@ import pytest
 
 from vllm_exposst import models
 from vllm_exposst.evaluation import agents, logs
-from vllm_exposst.evaluation.agents import RemoteAgentError, RemoteExposstAgent
+from vllm_exposst.evaluation.remote_agent import RemoteAgentError, RemoteExposstAgent, realtime_url
 
-from .conftest import engine_for_module, write_test_set
-from .test_server import SERVER_ENV, free_port, serve_command, stop_process, wait_healthy
+from ..conftest import engine_for_module, write_test_set
+from ..server.test_server import SERVER_ENV, free_port, serve_command, stop_process, wait_healthy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 API_KEY = "remote-key"
 PAIRS = [
     ("a man walks in the park", "ein mann geht im park"),
@@ -206,8 +206,8 @@ def test_a_closed_or_silent_server_raises_instead_of_hanging(behaviour, message,
 
 
 def test_server_url_forms():
-    assert agents.realtime_url("ws://h:1") == "ws://h:1/v1/simul/realtime"
-    assert agents.realtime_url("http://h:1/") == "ws://h:1/v1/simul/realtime"
-    assert agents.realtime_url("wss://h/v1/simul/realtime") == "wss://h/v1/simul/realtime"
+    assert realtime_url("ws://h:1") == "ws://h:1/v1/simul/realtime"
+    assert realtime_url("http://h:1/") == "ws://h:1/v1/simul/realtime"
+    assert realtime_url("wss://h/v1/simul/realtime") == "wss://h/v1/simul/realtime"
     with pytest.raises(ValueError, match="server-url"):
-        agents.realtime_url("h:1")
+        realtime_url("h:1")

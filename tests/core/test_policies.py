@@ -13,7 +13,7 @@ from vllm_exposst.policies import (
     parse_policy,
     parse_policy_mix,
 )
-from vllm_exposst.train_layout import policy_events
+from vllm_exposst.training.examples import policy_events
 
 
 def trace(policy, n_source: int, n_target: int) -> str:

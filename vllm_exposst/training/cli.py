@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import models
-from .layout import DEFAULT_SLOT_LEN, LAYOUT_MODES
-from .train_data import TrainingInputError
-from .trainer import DEFAULT_TARGETS, SCHEDULES, TrainConfig
+from .. import models
+from ..defaults import DEFAULT_REFEED, DEFAULT_SLOT_LEN, TRAIN_MODES
+from .config import DEFAULT_TARGETS, TrainConfig
+from .data import TrainingInputError
+from .trainer import SCHEDULES
 
 PROG = "exposst-train"
 
@@ -36,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--system-prompt", help="system prompt (kept in exposst.json)")
 
     method = p.add_argument_group("layout and policy")
-    method.add_argument("--layout", choices=LAYOUT_MODES, default="exposst")
+    method.add_argument("--layout", choices=TRAIN_MODES, default="exposst")
     method.add_argument(
         "--policy",
         default="wait-k:1-9",
@@ -49,6 +50,13 @@ def parser() -> argparse.ArgumentParser:
         "(default: the single training policy, else wait-3)",
     )
     method.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
+    method.add_argument(
+        "--refeed",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_REFEED,
+        help="the refeed rule: after a READ, predict the next target token from a copy of "
+        "the last one at its own position (exposst layout; docs/design.md)",
+    )
     method.add_argument(
         "--lookahead-labels",
         action="store_true",
@@ -92,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="model cache (default ~/.cache/vllm-exposst)")
     run.add_argument(
         "--resume", nargs="?", const="latest", help="resume from a checkpoint folder (or latest)"
+    )
+    run.add_argument(
+        "--init-adapter", help="continue training this PEFT adapter (e.g. an offline SFT one)"
     )
     run.add_argument("--overwrite", action="store_true", help="replace an adapter in --output")
     run.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations")
@@ -139,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         inference_policy=args.inference_policy,
         slot_len=args.slot_len,
         lookahead_labels=args.lookahead_labels,
+        refeed=args.refeed,
+        init_adapter=args.init_adapter,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,

@@ -14,7 +14,7 @@ import pytest
 from vllm_exposst import models
 from vllm_exposst.engine import SessionConfig
 
-from .conftest import start_engine
+from ..conftest import start_engine
 from .test_engine import LONG_SYSTEM_PROMPT, assert_matches_reference, jobs, template_for
 
 pytestmark = pytest.mark.engine

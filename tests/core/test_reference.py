@@ -23,8 +23,10 @@ def minimum_tokens(template, result) -> int:
 
 @pytest.mark.parametrize("policy", ["wait-1", "wait-3", "read-2/write-2", "token-wait-3"])
 def test_exposst_computes_every_token_exactly_once(tiny_llama, policy):
+    """The contract's first rule (refeed off): no token is ever computed twice."""
     model, _, template = tiny_llama
-    result = ReferenceDecoder(model, template, slot_len=4).translate(SOURCE, policy)
+    result = ReferenceDecoder(model, template, slot_len=4, refeed=False).translate(SOURCE, policy)
+    assert not any(kind == "F" for kind, _ in result.events)
     assert result.tokens_computed == minimum_tokens(template, result)
     assert len(set(result.fed_positions)) == len(result.fed_positions)
     recompute = ReferenceDecoder(model, template, mode="recompute").translate(
@@ -33,6 +35,39 @@ def test_exposst_computes_every_token_exactly_once(tiny_llama, policy):
     source_tokens = sum(len(w) for w in template.words_ids(SOURCE))
     assert sum(n for kind, n in recompute.events if kind == "R") == source_tokens
     assert recompute.tokens_computed > minimum_tokens(template, recompute)
+
+
+@pytest.mark.parametrize("policy", ["wait-1", "wait-3", "read-2/write-2", "token-wait-3"])
+def test_refeed_copies_the_last_target_token_at_its_own_position(tiny_llama, policy):
+    """The refeed rule: after READs that follow target tokens, before the next model query,
+    the last target token is fed once more with the position it already has; nothing else
+    is computed twice."""
+    model, _, template = tiny_llama
+    result = ReferenceDecoder(model, template, slot_len=4).translate(SOURCE, policy)
+    ids, positions = result.fed_ids, result.fed_positions
+    index = template.prefix_len
+    header = False
+    last_target = None  # (id, position) of the last target token fed
+    copies = 0
+    previous = None
+    for kind, n in result.events:
+        if kind == "W" and not header:
+            index += template.header_len
+            header = True
+        if kind == "F":
+            assert previous == "R" and last_target is not None, result.events
+            assert (ids[index], positions[index]) == last_target
+            copies += 1
+        elif kind == "W" and n:
+            # no target token is predicted straight from a source token once one was written
+            assert not (previous == "R" and last_target is not None), result.events
+            last_target = (ids[index + n - 1], positions[index + n - 1])
+        index += n
+        previous = kind
+    assert copies >= 1
+    assert result.tokens_computed == minimum_tokens(template, result) + copies
+    distinct = len(set(positions[: result.tokens_computed]))
+    assert distinct == result.tokens_computed - copies  # a copy shares only its original's
 
 
 @torch.no_grad()

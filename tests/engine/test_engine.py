@@ -17,7 +17,7 @@ from vllm_exposst.models import ENGLISH_WORDS
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
 
-from .conftest import make_random_adapter, peft_model, random_sentence, start_engine
+from ..conftest import make_random_adapter, peft_model, random_sentence, start_engine
 
 pytestmark = pytest.mark.engine
 CAP = 24
@@ -52,6 +52,7 @@ def reference(model, template, source: str, config: SessionConfig):
         mode="recompute" if offline else config.mode,
         slot_len=config.slot_len,
         max_target_tokens=config.max_target_tokens,
+        refeed=config.refeed,
     )
     return decoder.translate(source, "offline" if offline else config.policy)
 
@@ -117,7 +118,27 @@ def test_tokens_computed_are_prefix_header_source_and_target(served, engine_loop
         minimum += len(result.target_ids)
         # a token-level session cut at the cap never needs its last written token
         unsent = int(config.policy.startswith("token") and len(result.target_ids) == CAP)
-        assert counts[request_id] == minimum - unsent == result.tokens_sent, config.policy
+        # the refeed rule's copies, as the reference decoder feeds them
+        copies = sum(kind == "F" for kind, _ in reference(model, template, source, config).events)
+        assert result.refeeds == copies, config.policy
+        assert counts[request_id] == minimum + copies - unsent == result.tokens_sent, config.policy
+
+
+def test_the_first_rule_stays_selectable_and_computes_each_token_once(served, engine_loop):
+    """refeed off: the contract's first layout, equal to the reference decoder, no copies."""
+    _, engine, model, tokenizer, _ = served
+    batch = jobs(seed=13, count=8, refeed=False)
+    results = run_all(engine_loop, engine, batch)
+    template = template_for(tokenizer, batch[0][1])
+    counts = engine_loop.run(engine.stats())["tokens_computed"]
+    for job, result in zip(batch, results):
+        assert_matches_reference(model, template, job, result)
+        source, config = job
+        minimum = template.prefix_len + template.header_len + result.source_tokens_read
+        minimum += len(result.target_ids)
+        unsent = int(config.policy.startswith("token") and len(result.target_ids) == CAP)
+        assert result.refeeds == 0
+        assert counts[result.request_ids[0]] == minimum - unsent, config.policy
 
 
 def test_baseline_modes_run_in_the_same_engine(served, engine_loop):

@@ -1,6 +1,6 @@
 """Training pairs from files, and the padded batches the trainer feeds (design section 4).
 
-Every example comes from :func:`vllm_exposst.train_layout.build_example`, the one
+Every example comes from :func:`vllm_exposst.training.examples.build_example`, the one
 implementation of the training layout; this module only reads pairs, samples a
 policy per example, pads and groups by length.  Bad files fail here, before a model
 is loaded or a step is taken.
@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from .layout import LAYOUT_MODES, PositionLimitError
-from .policies import Policy, parse_policy, parse_policy_mix
-from .prompts import PromptTemplate
-from .train_layout import IGNORE_INDEX, TrainingExample, build_example
+from ..defaults import DEFAULT_POLICY, DEFAULT_REFEED, TRAIN_MODES
+from ..layout import PositionLimitError
+from ..policies import Policy, parse_policy, parse_policy_mix
+from ..prompts import PromptTemplate
+from .examples import IGNORE_INDEX, TrainingExample, build_example
 
 Pair = tuple[str, str]
 
@@ -139,7 +140,7 @@ def training_policies(spec: str) -> list[Policy]:
 def inference_policy(spec: str | None, mix: list[Policy]) -> Policy:
     """The policy sessions (and dev decoding) use: given, the single training one, or wait-3."""
     if spec is None:
-        return mix[0] if len(mix) == 1 else parse_policy("wait-3")
+        return mix[0] if len(mix) == 1 else parse_policy(DEFAULT_POLICY)
     try:
         return parse_policy(spec)
     except ValueError as err:
@@ -197,10 +198,11 @@ def build_dataset(
     max_position: int | None = None,
     progress: bool = False,
     lookahead_labels: bool = False,
+    refeed: bool = DEFAULT_REFEED,
 ) -> LayoutDataset:
     """One :func:`build_example` per pair; too long pairs are counted and left out."""
-    if mode not in LAYOUT_MODES:
-        raise TrainingInputError(f"unknown layout {mode!r}; expected one of {LAYOUT_MODES}")
+    if mode not in TRAIN_MODES:
+        raise TrainingInputError(f"unknown layout {mode!r}; expected one of {TRAIN_MODES}")
     examples, index, used = [], [], []
     skipped = 0
     items: Any = zip(pairs, policies)
@@ -219,6 +221,7 @@ def build_dataset(
                 slot_len=slot_len,
                 max_position=max_position,
                 lookahead_labels=lookahead_labels,
+                refeed=refeed,
             )
         except PositionLimitError:
             skipped += 1

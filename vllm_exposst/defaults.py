@@ -1,0 +1,36 @@
+"""Every default and every list of names, once.
+
+Core module: imports nothing.  Training, inference, evaluation, the server and the
+CLIs read their defaults here, so a change of default is one line.
+"""
+
+from __future__ import annotations
+
+# -- modes: how a session keeps (or rebuilds) its KV cache and assigns positions ----
+# ``exposst`` reserved source slots (design 1c), ``shift`` contiguous positions in event
+# order (1a), ``recompute`` the offline prompt restored after every READ (1b),
+# ``offline`` the whole source first.
+MODES: tuple[str, ...] = ("exposst", "shift", "recompute", "offline")
+# modes with a training layout (recompute trains as offline)
+TRAIN_MODES: tuple[str, ...] = ("exposst", "shift", "offline")
+# modes the step-by-step reference decoder runs (offline is recompute with one READ)
+DECODE_MODES: tuple[str, ...] = ("exposst", "shift", "recompute")
+# modes that keep one KV cache across READ/WRITE turns (an incremental allocator)
+CACHE_KEEPING_MODES: tuple[str, ...] = ("exposst", "shift")
+OFFLINE = "offline"
+
+DEFAULT_MODE = "exposst"
+DEFAULT_POLICY = "wait-3"
+DEFAULT_TRAIN_POLICY = "wait-k:1-9"
+DEFAULT_SLOT_LEN = 8  # positions reserved per source slot (docs/results.md: slot_len sensitivity)
+SOURCE_LANG = "English"
+TARGET_LANG = "German"
+MAX_WORD_TOKENS = 16
+# the refeed rule (layout.ExposstAllocator.refeed_due): after a READ, the next target
+# token is predicted from a copy of the last target token (docs/design.md)
+DEFAULT_REFEED = True  # tokens of one target word before the word is cut
+
+
+def target_token_limit(source_tokens: int, cap: int | None = None) -> int:
+    """Most target tokens for a source: ``cap`` if set, else twice the source + 16."""
+    return cap or 2 * source_tokens + 16

