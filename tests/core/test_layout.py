@@ -24,6 +24,34 @@ def test_worked_example_of_design_section_2():
     assert positions == [0, 1, 2, 3, 4, 6, 7, 5, 8, 9, 12]
 
 
+def test_worked_example_of_the_refeed_rule():
+    """docs/design.md: t1' and t2' are copies at t1's and t2's own positions."""
+    events = [("R", 2), ("W", 1), ("R", 1), ("F", 1), ("W", 1), ("R", 1), ("F", 1), ("W", 1)]
+    positions = allocate(events, prefix_len=3, header_len=1, slot_len=3)
+    assert positions == [0, 1, 2, 3, 4, 6, 7, 5, 7, 8, 9, 8, 12]
+
+
+def test_the_refeed_rule_is_due_once_after_reads_that_follow_target_tokens():
+    on = ExposstAllocator(3, 1, slot_len=3, refeed_rule=True)
+    off = ExposstAllocator(3, 1, slot_len=3)
+    for allocator in (on, off):
+        allocator.read(2)
+        assert not allocator.refeed_due  # nothing written yet
+        allocator.write(1)  # header + t1 at 6, 7
+        assert not allocator.refeed_due  # no READ since
+        allocator.read(1)
+    assert on.refeed_due and not off.refeed_due
+    assert on.refeed() == [7] and not on.refeed_due
+    assert on.write(1) == [8]
+    on.read(1)
+    on.read(1)  # two READs, one copy
+    assert on.refeed() == [8] and not on.refeed_due
+    with pytest.raises(ValueError, match="refeed"):
+        ShiftAllocator(3, 1).refeed()
+    with pytest.raises(ValueError, match="one token"):
+        allocate([("R", 1), ("W", 1), ("R", 1), ("F", 2)], prefix_len=3, header_len=1, slot_len=3)
+
+
 def test_first_read_longer_than_a_slot_takes_further_slots_before_the_header():
     # wait-5 with L = 3: s1..s3 in [P, P+3), s4, s5 in [P+3, P+6), header at P+6.
     positions = allocate([("R", 5), ("W", 2)], prefix_len=3, header_len=1, slot_len=3)

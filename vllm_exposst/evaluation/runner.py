@@ -50,6 +50,7 @@ class RunSettings:
     max_target_tokens: int | None = None
     source_lang: str | None = None
     target_lang: str | None = None
+    refeed: bool | None = None  # None: the adapter's, else the engine's default
     concurrency: int = 16
 
     def session(self, engine: Any, spec: RunSpec) -> SessionConfig:
@@ -62,6 +63,7 @@ class RunSettings:
             mode=spec.mode,
             lora=self.lora,
             max_target_tokens=self.max_target_tokens,
+            refeed=self.refeed,
         )
 
 
