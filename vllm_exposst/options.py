@@ -18,19 +18,49 @@ from .defaults import (
     SOURCE_LANG,
     TARGET_LANG,
 )
-from .policies import parse_policy
+from .policies import Policy, parse_policy
 
 
-@dataclass(frozen=True)
-class ExposstOptions:
-    """Server-wide defaults and limits for sessions."""
+class SettingError(ValueError):
+    """A translation setting has a bad value; ``key`` names it."""
 
+    def __init__(self, key: str, what: str) -> None:
+        super().__init__(f"{key} {what}")
+        self.key, self.what = key, what
+
+
+@dataclass
+class TranslationSettings:
+    """How sentences are translated: what a server sets as defaults and a session may override."""
+
+    source_lang: str = SOURCE_LANG
+    target_lang: str = TARGET_LANG
     policy: str = DEFAULT_POLICY
     slot_len: int = DEFAULT_SLOT_LEN
     mode: str = DEFAULT_MODE
-    source_lang: str = SOURCE_LANG
-    target_lang: str = TARGET_LANG
-    refeed: bool = DEFAULT_REFEED
+    refeed: bool = DEFAULT_REFEED  # the refeed rule (exposst mode; docs/design.md)
+
+    def validate(self) -> Policy:
+        """The parsed policy, or :class:`SettingError` on the first bad value."""
+        try:
+            policy = parse_policy(self.policy)
+        except ValueError as err:
+            raise SettingError("policy", str(err)) from None
+        if not isinstance(self.slot_len, int) or isinstance(self.slot_len, bool):
+            raise SettingError("slot_len", f"must be an integer >= 1, got {self.slot_len!r}")
+        if self.slot_len < 1:
+            raise SettingError("slot_len", f"must be an integer >= 1, got {self.slot_len!r}")
+        if self.mode not in MODES:
+            raise SettingError("mode", f"must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.refeed, bool):
+            raise SettingError("refeed", f"must be true or false, got {self.refeed!r}")
+        return policy
+
+
+@dataclass
+class ExposstOptions(TranslationSettings):
+    """Server-wide defaults for sessions, and the server's limits."""
+
     max_sessions: int | None = None  # default: the engine's max_num_seqs
     session_max_tokens: int = 512  # KV reserved per session at admission
     idle_timeout: float | None = 300.0  # seconds without activity before a session is closed
@@ -42,19 +72,9 @@ class ExposstOptions:
             )
 
         try:
-            parse_policy(self.policy)
-        except ValueError as err:
-            raise ValueError(f"--additional-config exposst.policy: {err}") from None
-        if (
-            not isinstance(self.slot_len, int)
-            or isinstance(self.slot_len, bool)
-            or self.slot_len < 1
-        ):
-            fail("slot_len", "must be an integer >= 1")
-        if self.mode not in MODES:
-            fail("mode", f"must be one of {MODES}")
-        if not isinstance(self.refeed, bool):
-            fail("refeed", "must be true or false")
+            self.validate()
+        except SettingError as err:
+            raise ValueError(f"--additional-config exposst.{err.key}: {err.what}") from None
         if self.max_sessions is not None and (
             not isinstance(self.max_sessions, int) or self.max_sessions < 1
         ):

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from ..adapter_meta import adapter_session_settings
-from ..options import ExposstOptions
+from ..options import ExposstOptions, TranslationSettings
 from ..prompts import PromptTemplate, build_prompt
 from ..switch import SCHEDULER_CLS, apply_env_defaults
 from .request import RequestTarget
@@ -87,15 +87,8 @@ class SimulEngine:
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(f"unknown session option(s) {unknown}; known: {sorted(known)}")
-        o = self.options
-        values: dict[str, Any] = dict(
-            policy=o.policy,
-            slot_len=o.slot_len,
-            mode=o.mode,
-            source_lang=o.source_lang,
-            target_lang=o.target_lang,
-            refeed=o.refeed,
-        )
+        shared = dataclasses.fields(TranslationSettings)
+        values: dict[str, Any] = {f.name: getattr(self.options, f.name) for f in shared}
         lora = fields.get("lora")
         if lora is not None:
             self.lora_request(lora)  # an unknown name is an error

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..defaults import (
-    DEFAULT_MODE,
-    DEFAULT_POLICY,
-    DEFAULT_REFEED,
-    DEFAULT_SLOT_LEN,
-    MAX_WORD_TOKENS,
-    MODES,
-    SOURCE_LANG,
-    TARGET_LANG,
-)
-from ..policies import Policy, parse_policy
+from ..defaults import MAX_WORD_TOKENS
+from ..options import TranslationSettings
+from ..policies import Policy
 
 
 class SessionError(RuntimeError):
@@ -38,30 +30,19 @@ class UnknownModelError(ValueError):
 
 
 @dataclass
-class SessionConfig:
-    """How one session translates."""
+class SessionConfig(TranslationSettings):
+    """How one session translates: the shared settings plus what is per session."""
 
-    source_lang: str = SOURCE_LANG
-    target_lang: str = TARGET_LANG
-    policy: str = DEFAULT_POLICY
-    slot_len: int = DEFAULT_SLOT_LEN
-    mode: str = DEFAULT_MODE
     lora: str | None = None
     system_prompt: str | None = None
     max_word_tokens: int = MAX_WORD_TOKENS
     max_target_tokens: int | None = None
-    refeed: bool = DEFAULT_REFEED  # the refeed rule (exposst mode; docs/design.md)
 
     def validate(self) -> Policy:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
-        if not isinstance(self.slot_len, int) or self.slot_len < 1:
-            raise ValueError(f"slot_len must be an integer >= 1, got {self.slot_len!r}")
-        if not isinstance(self.refeed, bool):
-            raise ValueError(f"refeed must be true or false, got {self.refeed!r}")
+        policy = super().validate()
         if self.max_word_tokens < 1:
             raise ValueError("max_word_tokens must be >= 1")
-        return parse_policy(self.policy)
+        return policy
 
 
 @dataclass(frozen=True)
