@@ -8,7 +8,9 @@
 #
 # DATA: the folder holding multi30k/ and iwslt2017-ende/ (../shared/data here);
 # ADAPTERS: the folder eval/train_results.py wrote;
-# STEP: m30k, m30k-nola, slot, slot-m30k, iwslt (default: all, in that order).
+# STEP: m30k, m30k-nola, slot, slot-m30k, iwslt (default: all, in that order), and
+# refeed: the refeed-rule ablation (ADAPTERS/exposst-v1 = the first shipped adapter,
+# ADAPTERS/exposst-smollm2 = the current one) on both test slices.
 set -euo pipefail
 DATA=${1:?data folder}; ADAPTERS=${2:?adapters folder}; OUT=${3:?output folder}; shift 3
 STEPS=${*:-m30k m30k-nola slot slot-m30k iwslt}
@@ -18,10 +20,17 @@ WAITK=wait-1,3,5,7,9
 M30K=("$DATA/multi30k/test_2016_flickr.en" "$DATA/multi30k/test_2016_flickr.de" 0 100)
 IWSLT=("$DATA/iwslt2017-ende/test.en" "$DATA/iwslt2017-ende/test.de" 0 50)
 
-run() {  # OUTDIR ADAPTER METHODS POLICIES SOURCE TARGET START LIMIT TITLE
+run() {  # OUTDIR ADAPTER METHODS POLICIES SOURCE TARGET START LIMIT TITLE [EXTRA FLAGS...]
     if [ -f "$1/record.json" ]; then echo "done already: $1"; return; fi
     $EVAL --adapter "$ADAPTERS/$2" --modes "$3" --policies "$4" --source "$5" \
-        --target "$6" --start "$7" --limit "$8" --output "$1" --title "$9"
+        --target "$6" --start "$7" --limit "$8" --output "$1" --title "$9" "${@:10}"
+}
+
+refeed() {  # NAME SOURCE TARGET START LIMIT: first adapter under both rules, current one
+    local name=$1; shift
+    run "$OUT/refeed/$name/v1-source" exposst-v1 exposst $WAITK "$@" "$name: v1, first rule" --no-refeed
+    run "$OUT/refeed/$name/v1-refeed" exposst-v1 exposst $WAITK "$@" "$name: v1, refeed" --refeed
+    run "$OUT/refeed/$name/v2-refeed" exposst-smollm2 exposst $WAITK "$@" "$name: v2, refeed" --refeed
 }
 
 curves() {  # NAME SOURCE TARGET START LIMIT
@@ -51,6 +60,7 @@ for step in $STEPS; do
             run "$OUT/slot-m30k/$adapter" "$adapter" exposst wait-3 "$DATA/multi30k/val.en" \
                 "$DATA/multi30k/val.de" 0 100 "slot_len: $adapter"
         done ;;
-    *) echo "unknown step $step (m30k, m30k-nola, slot, slot-m30k, iwslt)" >&2; exit 2 ;;
+    refeed) refeed m30k "${M30K[@]}"; refeed iwslt "${IWSLT[@]}" ;;
+    *) echo "unknown step $step (m30k, m30k-nola, slot, slot-m30k, iwslt, refeed)" >&2; exit 2 ;;
     esac
 done

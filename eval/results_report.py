@@ -36,6 +36,14 @@ LOOKAHEAD_CURVES = {
     ("shift", "shift"): "shift FT, no lookahead labels + shift",
     ("offline", "offline"): "offline",
 }
+# the refeed-rule ablation (eval/results_eval.sh refeed): run folder -> curve name
+REFEED_CURVES = {
+    ("v1-source", "exposst"): "ExPosST FT v1 + exposst, first rule",
+    ("v1-refeed", "exposst"): "ExPosST FT v1 + exposst, refeed rule",
+    ("v2-refeed", "exposst"): "ExPosST FT v2 (+CPU refeed FT) + exposst, refeed",
+}
+# baselines kept from the first results (docs/results/<slice>.json; adapters not shipped)
+BASELINES = ("offline SFT + recompute", "shift FT + shift", "offline")
 SLOT_RUNS = {"exposst-la-slot2": 2, "exposst-la-slot4": 4, "exposst-la": 8, "exposst-la-slot16": 16}
 
 
@@ -77,6 +85,30 @@ def curves(
     if not tag:
         plot_cost(rows, out / f"{stem}_cost.png", title=title, minimum_of="ExPosST FT + exposst")
     write_record(out / f"{stem}.json", rows, runs=sources)
+    print(f"\n### {title}\n")
+    print(markdown_table(rows))
+
+
+def refeed_curves(folder: Path, out: Path, name: str, title: str) -> None:
+    """The refeed ablation on one slice, beside the first results' baselines."""
+    rows, sources = merged_rows(folder / "refeed" / name, REFEED_CURVES)
+    if not rows:
+        return
+    earlier = out / f"{name}.json"
+    if earlier.exists():
+        for row in load(earlier)["results"]:
+            curve = row.get("mode", row.get("method"))
+            if curve in BASELINES:
+                rows.append({**row, "mode": f"{curve} (first results)"})
+        sources.append({"baselines": str(earlier)})
+    plot_quality_latency(rows, out / f"{name}_refeed_quality_latency.png", title=title)
+    plot_cost(
+        rows,
+        out / f"{name}_refeed_cost.png",
+        title=title,
+        minimum_of=REFEED_CURVES[("v1-refeed", "exposst")],
+    )
+    write_record(out / f"{name}_refeed.json", rows, runs=sources)
     print(f"\n### {title}\n")
     print(markdown_table(rows))
 
@@ -153,7 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("evals", type=Path, help="OUT of eval/results_eval.sh")
     parser.add_argument("adapters", type=Path, help="folder of eval/train_results.py")
     parser.add_argument("out", type=Path, help="folder for the merged PNGs and records")
+    parser.add_argument(
+        "--refeed", action="store_true", help="only the refeed ablation (step refeed)"
+    )
     args = parser.parse_args(argv)
+    if args.refeed:
+        for name, data in (
+            ("m30k", "Multi30K test2016 [0:100]"),
+            ("iwslt", "IWSLT 2017 test [0:50]"),
+        ):
+            refeed_curves(args.evals, args.out, name, f"{data}: the refeed rule")
+        return 0
     curves(args.evals, args.out, "m30k", "Multi30K test2016 [0:100], SmolLM2-135M + LoRA")
     curves(args.evals, args.out, "iwslt", "IWSLT 2017 test [0:50], SmolLM2-135M + LoRA")
     curves(
