@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup test test-fast demo lint format clean
+.PHONY: setup test test-fast test-scale-out demo lint format clean
 
 setup:
 	@bash scripts/setup.sh
@@ -13,6 +13,12 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not realmodel and not engine and not server"
+
+# Two servers behind nginx on loopback (docs/deploy.md); installs nginx-light (Debian, root).
+test-scale-out: setup
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
+		(apt-get update -qq && apt-get install -y -qq nginx-light)
+	EXPOSST_SCALE_OUT=1 $(PY) -m pytest -m scale_out tests/server/test_scale_out.py tests/server/test_data_parallel.py
 
 # Live simultaneous translation of examples/sentences.en (DEMO_MODEL=tiny-llama: CI form).
 demo: setup

@@ -125,8 +125,14 @@ class SimulEngine:
         return self._templates[key]
 
     async def stats(self) -> dict:
-        """Scheduler counts: sessions, KV blocks, tokens computed per request id."""
-        return await self.llm.engine_core.call_utility_async("exposst_stats")
+        """Scheduler counts: sessions, KV blocks, tokens computed per request id.
+
+        With data parallelism (``--data-parallel-size N``) every engine core is asked
+        and the counts are summed; ``engines`` then lists each engine's own counts."""
+        client = self.llm.engine_core
+        if len(getattr(client, "core_engines", ())) > 1:
+            return merge_engine_stats(await client.call_utility_all_async("exposst_stats"))
+        return await client.call_utility_async("exposst_stats")
 
     async def tokens_computed(self, request_ids: list[str]) -> int:
         """Tokens the engine really computed for these requests (recomputation included)."""
@@ -213,3 +219,18 @@ class SimulEngine:
         if self._reaper is not None:
             self._reaper.cancel()
         self.llm.shutdown()
+
+
+def merge_engine_stats(per_engine: list[dict]) -> dict:
+    """One view of several engines' ``exposst_stats``: counts summed, tables merged."""
+    merged: dict[str, Any] = {"time": max(stats["time"] for stats in per_engine)}
+    for key, value in per_engine[0].items():
+        if isinstance(value, int) and key != "time":
+            merged[key] = sum(stats[key] for stats in per_engine)
+    merged["tokens_computed"] = {
+        request: count
+        for stats in per_engine
+        for request, count in stats["tokens_computed"].items()
+    }
+    merged["engines"] = per_engine
+    return merged
