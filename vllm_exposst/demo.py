@@ -8,7 +8,9 @@ the recompute baseline on the same sentences for comparison.
 
 ``DEMO_MODEL=tiny-llama make demo`` (or ``--model``) is the reduced form for CI.  The
 default model serves the repository's ExPosST adapter, ``adapters/exposst-smollm2/``
-(trained as docs/results.md says); ``--no-adapter`` runs the base model.
+(trained as docs/results.md says); ``--no-adapter`` runs the base model.  A merged
+checkpoint (``exposst-merge``) runs with ``--model OUT``: its ``exposst.json`` sets the
+session defaults.  The dtype is the platform's (float32 on the CPU) unless ``--dtype``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="speaking rate in words per second (env DEMO_RATE)",
     )
     parser.add_argument("--stagger", type=float, default=0.7, help="seconds between speakers")
+    parser.add_argument(
+        "--dtype", default="auto", help="model dtype; auto: the platform's (float32 on the CPU)"
+    )
     return parser.parse_args(argv)
 
 
@@ -152,16 +157,19 @@ async def live(engine: Any, speakers: list[Speaker], config: Any, args: argparse
 async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
     from rich.console import Console
 
-    from .evaluation.runtime import engine_options, start_engine
+    from .evaluation.runtime import engine_dtype, engine_options, start_engine, stop_engine
 
     console = Console()
     adapter = pick_adapter(args)
     with console.status(f"preparing {args.model} and starting the engine (about 30 s)"):
-        options = engine_options(args.model, adapter, max_num_seqs=max(8, 2 * len(sources)))
+        options = engine_options(
+            args.model, adapter, max_num_seqs=max(8, 2 * len(sources)), dtype=args.dtype
+        )
         engine = await start_engine(options)
     config = session_config(engine, args, adapter)
     console.print(
-        f"model {args.model}{f' + adapter {adapter}' if adapter else ''}; policy "
+        f"model {args.model}{f' + adapter {adapter}' if adapter else ''} in "
+        f"{engine_dtype(engine)}; policy "
         f"{config.policy}, slot {config.slot_len}, mode {config.mode}; speakers at "
         f"{args.rate:g} words/s"
     )
@@ -184,7 +192,7 @@ async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
             "baseline_computed": baseline_computed,
         }
     finally:
-        engine.shutdown()
+        stop_engine(engine)
 
 
 def report(sources: list[str], references: list[str], out: dict[str, Any]) -> None:
@@ -222,7 +230,10 @@ def report(sources: list[str], references: list[str], out: dict[str, Any]) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .evaluation.runtime import quiet_optional_imports
+
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the live view readable
+    quiet_optional_imports()  # simuleval's pydub warns that ffmpeg is missing (audio only)
     args = parse_args(argv)
     try:
         sources = [s.strip() for s in args.sentences.read_text().splitlines() if s.strip()]

@@ -23,7 +23,14 @@ from .logs import write_config, write_instances, write_scores
 from .metrics import DEFAULT_SPEAKING_RATE, score_run
 from .record import write_record
 from .runner import RunSettings, RunSpec, parse_policies, plan_runs, run_spec
-from .runtime import ADAPTER_NAME, engine_options, start_engine
+from .runtime import (
+    ADAPTER_NAME,
+    engine_dtype,
+    engine_options,
+    quiet_optional_imports,
+    start_engine,
+    stop_engine,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +69,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="model dtype; auto: the platform's (float32 on the CPU, docs/engine.md)",
+    )
+    parser.add_argument(
+        "--refeed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the refeed rule in exposst mode (default: the adapter's, else on)",
+    )
+    parser.add_argument(
         "--prefix-caching",
         action="store_true",
         help="let sessions reuse cached prompt blocks (off: each sentence's count is its own)",
@@ -80,6 +98,7 @@ def settings_from(args: argparse.Namespace) -> RunSettings:
     """What the flags set; the rest comes from the adapter's ``exposst.json`` or the defaults."""
     return RunSettings(
         slot_len=args.slot_len,
+        refeed=args.refeed,
         lora=ADAPTER_NAME if args.adapter is not None else None,
         max_target_tokens=args.max_target_tokens,
         source_lang=args.source_lang,
@@ -127,15 +146,18 @@ async def run_all(args: argparse.Namespace, pairs: list[Pair], runs: list[RunSpe
         max_num_seqs=args.concurrency,
         max_model_len=args.max_model_len,
         prefix_caching=args.prefix_caching,
+        dtype=args.dtype,
     )
     engine = await start_engine(options)
+    args.engine_dtype = engine_dtype(engine)  # what the record says the engine ran in
+    print(f"exposst-eval: {args.model} in {args.engine_dtype}", file=sys.stderr)
     try:
         settings = settings_from(args)
         # warm-up outside the measurements: the first request pays one-time costs
         await engine.translate(pairs[0].source, config=settings.session(engine, runs[0]))
         return await evaluate(engine, pairs, runs, settings, args.output, args.rate)
     finally:
-        engine.shutdown()
+        stop_engine(engine)
 
 
 def publish(args: argparse.Namespace, rows: list[dict[str, Any]], pairs: list[Pair]) -> Path:
@@ -165,8 +187,10 @@ def publish(args: argparse.Namespace, rows: list[dict[str, Any]], pairs: list[Pa
         start=args.start,
         sentences=len(pairs),
         slot_len=settings_from(args).slot_len,
+        refeed=args.refeed,
         concurrency=args.concurrency,
         prefix_caching=args.prefix_caching,
+        dtype=getattr(args, "engine_dtype", args.dtype),
         speaking_rate=args.rate,
         plots=[str(p) for p in images],
     )
@@ -175,6 +199,7 @@ def publish(args: argparse.Namespace, rows: list[dict[str, Any]], pairs: list[Pa
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_optional_imports()
     args = parse_args(argv)
     try:
         pairs = load_pairs(args.source, args.target, args.start, args.limit)

@@ -1,12 +1,15 @@
-"""Engine options for in-process evaluation (float32, eager, optional adapter) and start-up."""
+"""Engine options for in-process evaluation (platform dtype, eager, optional adapter),
+start-up, and what the entry points share (the dtype to report, quiet imports)."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .. import models
+from ..precision import dtype_name, resolve_dtype
 
 ADAPTER_NAME = "adapter"
 # vLLM 0.32 accepts these values of ``max_lora_rank`` only
@@ -30,10 +33,14 @@ def engine_options(
     max_num_seqs: int = 32,
     max_model_len: int = 2048,
     prefix_caching: bool = False,
+    dtype: str = "auto",
     **extra: Any,
 ) -> dict[str, Any]:
-    """``SimulEngine.from_engine_args`` keywords: float32, eager, optional LoRA adapter.
+    """``SimulEngine.from_engine_args`` keywords: eager, optional LoRA adapter.
 
+    ``dtype`` ``auto`` is the platform's (float32 on the CPU, :mod:`vllm_exposst.precision`),
+    written out so records name it.  A merged checkpoint's ``exposst.json`` becomes the
+    session defaults when the engine starts (``patch/engine_args.py``).
     ``max_model_len`` is capped at the checkpoint's ``max_position_embeddings``.
     Prefix caching is off unless asked for: then every sentence's count of computed
     tokens is its own work, not what sessions that ran earlier left in the cache.
@@ -43,7 +50,7 @@ def engine_options(
     limit = config.get("max_position_embeddings") or max_model_len
     options: dict[str, Any] = dict(
         model=str(path),
-        dtype="float32",
+        dtype=resolve_dtype(dtype),
         enforce_eager=True,
         max_model_len=min(max_model_len, int(limit)),
         max_num_seqs=max_num_seqs,
@@ -69,3 +76,36 @@ async def start_engine(options: dict[str, Any]) -> Any:
     from ..engine import SimulEngine
 
     return SimulEngine.from_engine_args(**dict(options))
+
+
+def engine_dtype(engine: Any) -> str:
+    """The dtype an engine (``SimulEngine`` or its ``AsyncLLM``) computes in, e.g. ``float32``."""
+    llm = getattr(engine, "llm", engine)
+    return dtype_name(llm.vllm_config.model_config.dtype)
+
+
+def quiet_optional_imports() -> None:
+    """Silence the one warning of an optional dependency we never use.
+
+    simuleval imports pydub, which warns at import that ffmpeg is missing; only audio
+    needs it.  Call it from an entry point before simuleval is imported.
+    """
+    warnings.filterwarnings(
+        "ignore", message="Couldn't find ffmpeg or avconv", category=RuntimeWarning
+    )
+
+
+# seconds the engine-core process gets to stop: above vLLM's worker grace (5 s) plus its
+# SIGTERM wait (4 s), so the engine core can unlink its shared memory before a kill
+SHUTDOWN_GRACE = 15.0
+
+
+def stop_engine(engine: Any, grace: float = SHUTDOWN_GRACE) -> None:
+    """Shut a ``SimulEngine`` down, giving its processes ``grace`` seconds to clean up.
+
+    vLLM's default is 5 s for the engine core, the same as the core gives its workers,
+    so on a busy CPU the core is killed while it waits and its shared memory is left
+    to the resource tracker ("leaked shared_memory objects" at exit).
+    """
+    engine.llm.shutdown(timeout=grace)
+    engine.shutdown()  # the session reaper; vLLM's second shutdown is a no-op

@@ -80,6 +80,25 @@ LEDGER: tuple[Patch, ...] = (
         breaks_if="the function is renamed or app.state.args disappears",
         module="api_server",
     ),
+    Patch(
+        target="vllm.engine.arg_utils.EngineArgs.create_model_config",
+        why="ExPosST engines: --dtype auto becomes the platform's dtype (float32 on the CPU, "
+        "where vLLM would pick bfloat16; see vllm_exposst.precision) and a merged "
+        "checkpoint's exposst.json becomes the session defaults unless "
+        "--additional-config exposst sets them",
+        breaks_if="the method is renamed, dtype/additional_config stop being EngineArgs "
+        "fields, or additional_config is read before the model config is created",
+        module="engine_args",
+    ),
+    Patch(
+        target="vllm.multimodal.media.audio._torchcodec_import_exc (its __traceback__)",
+        why="the stored ImportError's traceback keeps the frames of the first importer of "
+        "vLLM's engine args alive (with the AsyncLLM they start), so AsyncLLM.__del__ runs "
+        "at interpreter teardown and prints a TypeError; the message is kept",
+        breaks_if="the global is renamed (then the patch does nothing and the teardown "
+        "message may come back; tests/evaluation/test_clean_exit.py catches it)",
+        module="teardown",
+    ),
 )
 
 
@@ -106,9 +125,11 @@ def replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
 
 def apply_all() -> None:
     """Apply every patch of the ledger (idempotent)."""
-    from . import api_server, engine_core, lora_cpu, worker
+    from . import api_server, engine_args, engine_core, lora_cpu, teardown, worker
 
     worker.apply()
     lora_cpu.apply()
     engine_core.apply()
     api_server.apply()
+    engine_args.apply()
+    teardown.apply()

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 
+from ..precision import dtype_name
 from .chat import chat_completions
 from .context import ServerContext, create_context
 from .realtime import realtime
@@ -30,10 +31,11 @@ class ExposstRoutes:
 
         @router.get("/v1/simul/stats")
         async def simul_stats():
-            """Scheduler counts: sessions, KV blocks, tokens computed per request."""
+            """Scheduler counts: sessions, KV blocks, tokens computed per request; the dtype."""
             context = self._context()
             stats = await context.engine.stats()
-            return {**stats, "open_sessions": len(context.engine.sessions)}
+            dtype = dtype_name(context.engine.llm.vllm_config.model_config.dtype)
+            return {**stats, "open_sessions": len(context.engine.sessions), "dtype": dtype}
 
         @router.websocket("/v1/simul/realtime")
         async def simul_realtime(websocket: WebSocket):
