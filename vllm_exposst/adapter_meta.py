@@ -14,11 +14,13 @@ spec sessions use by default, e.g. ``wait-3``), ``slot_len``, ``source_lang``,
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from .defaults import CACHE_KEEPING_MODES, TRAIN_MODES
 
+logger = logging.getLogger(__name__)
 FILENAME = "exposst.json"
 # SessionConfig fields an adapter's record may set: record key -> session field
 SESSION_DEFAULTS = {
@@ -75,3 +77,27 @@ def adapter_session_settings(folder: str | Path) -> dict[str, Any]:
     defaults and what a request asks for.
     """
     return session_defaults(read_adapter_meta(folder))
+
+
+# settings an exposst.json may give every session of a merged model (system_prompt is
+# per request: it changes the prompt, not a server default)
+SERVER_SETTINGS = ("policy", "slot_len", "mode", "source_lang", "target_lang", "refeed")
+
+
+def merged_model_settings(model: str | Path) -> dict[str, Any]:
+    """Server-wide session settings of a merged checkpoint's ``exposst.json`` ({} if none).
+
+    ``exposst-merge`` copies the adapter's record beside the merged weights; these are
+    the settings that apply to every session of the model, as an adapter's do to its
+    LoRA requests (:func:`adapter_session_settings`).
+    """
+    folder = Path(model)
+    if not (folder / FILENAME).is_file():
+        return {}
+    settings = adapter_session_settings(folder)
+    if settings.get("system_prompt"):
+        logger.warning(
+            "%s sets a system_prompt; it is not applied server-wide (send it per request)",
+            folder / FILENAME,
+        )
+    return {key: settings[key] for key in SERVER_SETTINGS if settings.get(key) is not None}

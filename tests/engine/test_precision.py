@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from vllm_exposst import models, plugin, switch
-from vllm_exposst.adapter_meta import write_adapter_meta
-from vllm_exposst.precision import model_session_settings, platform_dtype, resolve_dtype
+from vllm_exposst.adapter_meta import merged_model_settings, write_adapter_meta
+from vllm_exposst.precision import platform_dtype, resolve_dtype
 
 
 def model_config(path, **kwargs):
@@ -49,7 +49,7 @@ def test_a_merged_checkpoints_exposst_json_becomes_the_session_defaults(model_ca
     write_adapter_meta(
         path, {"layout": "exposst", "inference_policy": "wait-2", "slot_len": 5, "steps": 9}
     )
-    assert model_session_settings(path) == {"policy": "wait-2", "slot_len": 5, "mode": "exposst"}
+    assert merged_model_settings(path) == {"policy": "wait-2", "slot_len": 5, "mode": "exposst"}
     args, _ = model_config(path, scheduler_cls=switch.SCHEDULER_CLS)
     assert args.additional_config["exposst"] == {
         "policy": "wait-2",

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..precision import dtype_name, model_session_settings, resolve_dtype
+from ..adapter_meta import merged_model_settings
+from ..precision import dtype_name, resolve_dtype
 from ..switch import is_exposst_scheduler
 from . import replace
 
@@ -27,7 +28,7 @@ def exposst_defaults(args: Any) -> None:
     args.dtype = resolve_dtype(requested)
     how = "default for this platform; --dtype to change" if args.dtype != requested else "asked"
     logger.info("ExPosST engine dtype: %s (%s)", dtype_name(args.dtype), how)
-    settings = model_session_settings(args.model)
+    settings = merged_model_settings(args.model)
     if settings:
         additional = dict(args.additional_config or {})
         given = dict(additional.get("exposst") or {})
