@@ -10,10 +10,7 @@ overrides it.  Core layer: imports nothing of ours.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 CPU_DTYPE = "float32"
 
