@@ -32,7 +32,6 @@ from vllm_exposst.evaluation.runtime import (
     engine_dtype,
     engine_options,
     start_engine,
-    stop_engine,
 )
 
 ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "exposst-smollm2"
@@ -100,7 +99,7 @@ async def profile(model: str, adapter: Path | None, dtype: str, args, sentences)
         )
         alone = [await engine.translate(s, config=config) for s in sentences[: args.reference]]
     finally:
-        stop_engine(engine)
+        engine.shutdown()  # the core gets its grace (patch/teardown.py)
     read = [x for o in live for x in o["result"].read_latencies]
     steps = [x for o in live for x in o["result"].decode_steps]
     after = [o["after_speaker"] for o in live]

