@@ -64,3 +64,20 @@ def apply() -> None:
 
     replace(CoreEngineProcManager, "__init__", remember_switch)
     replace(CoreEngineProcManager, "shutdown", with_grace)
+
+    from vllm.utils.async_utils import cancel_task_threadsafe
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    def handler_first(original: Any) -> Any:
+        def shutdown(self: Any, timeout: float | None = None) -> None:
+            # vllm serve stops with timeout 0, and the core then takes its grace to stop
+            # (above): the output handler would see it die and log EngineDeadError with a
+            # traceback, so it stops listening first (an in-process shutdown, timeout None,
+            # keeps vLLM's order: cancelling first there leaves shared memory behind)
+            if timeout == 0 and is_enabled(getattr(self, "vllm_config", None)):
+                cancel_task_threadsafe(getattr(self, "output_handler", None))
+            original(self, timeout)
+
+        return shutdown
+
+    replace(AsyncLLM, "shutdown", handler_first)
