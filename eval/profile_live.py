@@ -29,7 +29,6 @@ from vllm_exposst import models
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.evaluation.runtime import (
     ADAPTER_NAME,
-    engine_dtype,
     engine_options,
     start_engine,
 )
@@ -109,7 +108,7 @@ async def profile(model: str, adapter: Path | None, dtype: str, args, sentences)
         for i in range(min(len(alone), len(live)))
     )
     return {
-        "dtype": engine_dtype(engine),
+        "dtype": engine.dtype,
         "engine_start_seconds": start_seconds,
         "config": {"policy": config.policy, "slot_len": config.slot_len, "mode": config.mode},
         "read_to_write_p50_ms": 1000 * statistics.median(read),

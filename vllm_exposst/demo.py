@@ -157,7 +157,7 @@ async def live(engine: Any, speakers: list[Speaker], config: Any, args: argparse
 async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
     from rich.console import Console
 
-    from .evaluation.runtime import engine_dtype, engine_options, start_engine
+    from .evaluation.runtime import engine_options, start_engine
 
     console = Console()
     adapter = pick_adapter(args)
@@ -169,7 +169,7 @@ async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
     config = session_config(engine, args, adapter)
     console.print(
         f"model {args.model}{f' + adapter {adapter}' if adapter else ''} in "
-        f"{engine_dtype(engine)}; policy "
+        f"{engine.dtype}; policy "
         f"{config.policy}, slot {config.slot_len}, mode {config.mode}; speakers at "
         f"{args.rate:g} words/s"
     )

@@ -102,9 +102,7 @@ def test_merged_model_in_vllm_equals_base_plus_lora_and_takes_its_settings(merge
     merged_engine = start_engine(engine_loop, out, dtype="auto")
     try:
         got_config, got = run(merged_engine, None)
-        from vllm_exposst.evaluation.runtime import engine_dtype
-
-        assert engine_dtype(merged_engine) == "float32"  # auto on the CPU: the platform's
+        assert merged_engine.dtype == "float32"  # auto on the CPU: the platform's
     finally:
         engine_loop.run(_stop(merged_engine))
     assert (got_config.policy, got_config.slot_len) == ("wait-2", 5)  # from out/exposst.json

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..adapter_meta import adapter_session_settings
 from ..options import ExposstOptions, TranslationSettings
+from ..precision import dtype_name
 from ..prompts import PromptTemplate, build_prompt
 from ..switch import SCHEDULER_CLS, apply_env_defaults
 from .request import RequestTarget
@@ -80,6 +81,11 @@ class SimulEngine:
         tokenizer = AutoTokenizer.from_pretrained(llm.vllm_config.model_config.tokenizer)
         lora_modules = session_kwargs.pop("lora_modules", None)
         return cls(llm, tokenizer, lora_modules=lora_modules, **session_kwargs)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the engine computes in, e.g. ``float32`` (logs, stats, records)."""
+        return dtype_name(self.llm.vllm_config.model_config.dtype)
 
     def session_config(self, **fields: Any) -> SessionConfig:
         """Server options, then the adapter's ``exposst.json``, then ``fields`` (None = unset)."""

@@ -25,7 +25,6 @@ from .record import write_record
 from .runner import RunSettings, RunSpec, parse_policies, plan_runs, run_spec
 from .runtime import (
     ADAPTER_NAME,
-    engine_dtype,
     engine_options,
     quiet_optional_imports,
     start_engine,
@@ -148,7 +147,7 @@ async def run_all(args: argparse.Namespace, pairs: list[Pair], runs: list[RunSpe
         dtype=args.dtype,
     )
     engine = await start_engine(options)
-    args.engine_dtype = engine_dtype(engine)  # what the record says the engine ran in
+    args.engine_dtype = engine.dtype  # what the record says the engine ran in
     print(f"exposst-eval: {args.model} in {args.engine_dtype}", file=sys.stderr)
     try:
         settings = settings_from(args)

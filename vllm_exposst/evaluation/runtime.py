@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import models
-from ..precision import dtype_name, resolve_dtype
+from ..precision import resolve_dtype
 
 ADAPTER_NAME = "adapter"
 # vLLM 0.32 accepts these values of ``max_lora_rank`` only
@@ -76,12 +76,6 @@ async def start_engine(options: dict[str, Any]) -> Any:
     from ..engine import SimulEngine
 
     return SimulEngine.from_engine_args(**dict(options))
-
-
-def engine_dtype(engine: Any) -> str:
-    """The dtype an engine (``SimulEngine`` or its ``AsyncLLM``) computes in, e.g. ``float32``."""
-    llm = getattr(engine, "llm", engine)
-    return dtype_name(llm.vllm_config.model_config.dtype)
 
 
 def quiet_optional_imports() -> None:

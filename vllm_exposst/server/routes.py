@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 
-from ..precision import dtype_name
 from .chat import chat_completions
 from .context import ServerContext, create_context
 from .realtime import realtime
@@ -34,8 +33,8 @@ class ExposstRoutes:
             """Scheduler counts: sessions, KV blocks, tokens computed per request; the dtype."""
             context = self._context()
             stats = await context.engine.stats()
-            dtype = dtype_name(context.engine.llm.vllm_config.model_config.dtype)
-            return {**stats, "open_sessions": len(context.engine.sessions), "dtype": dtype}
+            engine = context.engine
+            return {**stats, "open_sessions": len(engine.sessions), "dtype": engine.dtype}
 
         @router.websocket("/v1/simul/realtime")
         async def simul_realtime(websocket: WebSocket):

@@ -122,9 +122,9 @@ def build_example(
     ids, kinds = list(template.prefix_ids), ["prefix"] * template.prefix_len
     positions = allocator.prefix()
     events: list[Event] = []
+    last_target = None  # the token a refeed copies
     for kind, tokens in steps:
         if kind in (WRITE, STOP_QUERY) and allocator.refeed_due:
-            last_target = next(ids[i] for i in range(len(ids) - 1, -1, -1) if kinds[i] == "target")
             ids.append(last_target)
             kinds.append("refeed")
             positions += allocator.refeed()
@@ -136,6 +136,8 @@ def build_example(
             kinds += ["header"] * template.header_len
         ids += tokens
         kinds += ["source" if kind == READ else "target"] * len(tokens)
+        if kind == WRITE:
+            last_target = tokens[-1]
         positions += allocator.read(len(tokens)) if kind == READ else allocator.write(len(tokens))
         events.append((kind, len(tokens)))
     kinds[-1] = "stop"
