@@ -8,7 +8,9 @@ decode step (median seconds per token of word-continuation turns) and their rati
 how long after its speaker each sentence is done (p50/max), and agreement with the
 transformers reference decoder in float32 (sentences with identical tokens, largest
 |log-prob difference| over the tokens both chose) plus whether each sentence gives
-the same tokens alone as beside the others.  Prints a table, writes a JSON record.
+the same tokens alone as beside the others, engine round trips per target word, and
+how many continuation chunks the scheduler ran later than the step after arrival.
+Prints a table, writes a JSON record.
 
     .venv/bin/python eval/profile_live.py --out docs/bench/profile_live.json
 
@@ -56,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dtype:variant pairs to run first (the comparisons that matter most)",
     )
     parser.add_argument("--out", type=Path, default=Path("docs/bench/profile_live.json"))
+    parser.add_argument("--note", default="", help="what else ran on the machine, etc.")
     return parser.parse_args(argv)
 
 
@@ -90,12 +93,14 @@ async def profile(model: str, adapter: Path | None, dtype: str, args, sentences)
     try:
         config = engine.session_config(lora=ADAPTER_NAME if adapter else None)
         await engine.translate(sentences[0], config=config)  # warm-up, not measured
+        before = await engine.stats()
         live = await asyncio.gather(
             *[
                 speak(engine, config, sentences[i % len(sentences)], args.rate, i * args.stagger)
                 for i in range(args.speakers)
             ]
         )
+        after_live = await engine.stats()
         alone = [await engine.translate(s, config=config) for s in sentences[: args.reference]]
     finally:
         engine.shutdown()  # the core gets its grace (patch/teardown.py)
@@ -103,6 +108,13 @@ async def profile(model: str, adapter: Path | None, dtype: str, args, sentences)
     steps = [x for o in live for x in o["result"].decode_steps]
     after = [o["after_speaker"] for o in live]
     step = statistics.median(steps)
+    chunks = {  # READ priority: continuation chunks not run by the step after arrival
+        key: after_live.get(key, 0) - before.get(key, 0)
+        for key in ("chunks_scheduled", "chunks_delayed")
+    }
+    words = sum(len(o["result"].delays) for o in live)
+    # engine round trips per target word; None for versions that did not count turns
+    turns = [getattr(o["result"], "turns", None) for o in live]
     invariant = sum(
         live[i]["result"].target_ids == alone[i].target_ids
         for i in range(min(len(alone), len(live)))
@@ -117,6 +129,8 @@ async def profile(model: str, adapter: Path | None, dtype: str, args, sentences)
         "read_to_write_over_step": statistics.median(read) / step,
         "done_after_speaker_p50_s": statistics.median(after),
         "done_after_speaker_max_s": max(after),
+        "turns_per_word": None if None in turns else sum(turns) / words,
+        "chunks_delayed": f"{chunks['chunks_delayed']}/{chunks['chunks_scheduled']}",
         "same_alone_as_in_batch": f"{invariant}/{min(len(alone), len(live))}",
         "_alone": alone,
         "_config": config,
@@ -165,6 +179,8 @@ COLUMNS = (
     ("R2W/step", "read_to_write_over_step", "{:.2f}"),
     ("done p50 s", "done_after_speaker_p50_s", "{:.2f}"),
     ("done max s", "done_after_speaker_max_s", "{:.2f}"),
+    ("turns/word", "turns_per_word", "{:.2f}"),
+    ("chunks late", "chunks_delayed", "{}"),
     ("alone=batch", "same_alone_as_in_batch", "{}"),
     ("ref tokens", "reference_same_tokens", "{}"),
     ("max dlogp", "reference_max_logprob_diff", "{:.2g}"),
@@ -174,7 +190,10 @@ COLUMNS = (
 def table(rows: list[dict]) -> str:
     head = "| " + " | ".join(c[0] for c in COLUMNS) + " |"
     rule = "|" + "---|" * len(COLUMNS)
-    body = ["| " + " | ".join(f.format(r[k]) for _, k, f in COLUMNS) + " |" for r in rows]
+    body = [
+        "| " + " | ".join("-" if r[k] is None else f.format(r[k]) for _, k, f in COLUMNS) + " |"
+        for r in rows
+    ]
     return "\n".join([head, rule, *body])
 
 
@@ -211,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             adapter=str(args.adapter),
             merged=str(merged),
             compiled="not measured: eager only (see docs/benchmarks.md)",
-            note="machine busy (LoRA training, other engines): compare rows, not absolute times",
+            note=args.note,
         )
     print(table(rows))
     print(f"record: {args.out}")

@@ -218,11 +218,13 @@ def report(sources: list[str], references: list[str], out: dict[str, Any]) -> No
     console = Console()
     console.print(table)
     quality = quality_scores([h.prediction for h in hyps], references)
+    after = [max(0.0, s.done_at - s.spoken_at) for s in out["speakers"]]
     ratio = sum(out["computed"]) / sum(out["minimum"])
     base_ratio = sum(out["baseline_computed"]) / sum(out["minimum"])
     console.print(
         f"BLEU {quality['BLEU']:.1f}  chrF {quality['chrF']:.1f}  ({quality['bleu_signature']})\n"
         f"LAAL {statistics.mean(laal):.2f} source words (mean over sentences)\n"
+        f"done after the speaker's last word: {', '.join(f'{a:.1f}' for a in after)} s\n"
         f"tokens computed: {sum(out['computed'])} for a minimum of {sum(out['minimum'])} "
         f"(x{ratio:.2f}); the recompute baseline computes {sum(out['baseline_computed'])} "
         f"(x{base_ratio:.2f})"

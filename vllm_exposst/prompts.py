@@ -14,6 +14,7 @@ token *starts a new word* when its text begins with whitespace.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -78,6 +79,30 @@ def units(words: list[list[int]], unit: str) -> list[list[int]]:
     if unit == "word":
         return [list(word) for word in words]
     return [[token] for word in words for token in word]
+
+
+def word_starts(
+    tokens: Sequence[int], word_start: Sequence[bool], max_word_tokens: int, carried: int = 0
+) -> list[int]:
+    """Indices of ``tokens`` (generated target tokens) that begin a new target word.
+
+    A token begins a word when its text starts with whitespace, or when the word
+    before it already has ``max_word_tokens`` tokens.  ``tokens[0]`` continues a word
+    of ``carried`` tokens fed before it; with ``carried=0`` it begins the first word
+    and is not listed.  This is the grouping of WRITE turns: the scheduler stops a
+    turn at the ``n``-th start and the engine splits a turn's tokens into the words it
+    emits, as the reference decoder ends a word (``reference._write_unit``).
+    """
+    starts: list[int] = []
+    length = carried
+    for index, token in enumerate(tokens):
+        begins = length >= max_word_tokens or (token < len(word_start) and word_start[token])
+        if length and begins:
+            starts.append(index)
+            length = 1
+        else:
+            length += 1
+    return starts
 
 
 def word_delays(template: PromptTemplate, groups: list[tuple[list[int], int]]) -> list[int]:

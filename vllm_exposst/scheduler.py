@@ -3,10 +3,11 @@
 Sessions are vLLM streaming-input requests whose ``extra_args`` carry an ``exposst``
 entry.  On top of the base scheduler this class
 
-* ends a WRITE turn at a word boundary: a sampled token that starts a new word (from
-  the ``word_stop_after``-th output token of the turn on) stops the turn, so that
-  token is the lookahead vLLM drops at the end of a streaming turn;
-* keeps room in each step for sessions that just received source;
+* ends a WRITE turn at a word boundary: a turn asks for ``words`` target words, and
+  the sampled token that begins the next one (:func:`~vllm_exposst.prompts.word_starts`)
+  stops it, so that token is the lookahead vLLM drops at the end of a streaming turn;
+* schedules a session's next chunk in the step after it arrives (READ priority):
+  running prefills make room for it;
 * counts, per session, the tokens it really computed (recomputation included) and
   exposes them with the block counts through :meth:`exposst_stats`.
 
@@ -26,7 +27,7 @@ from vllm.v1.request import RequestStatus
 
 from .options import ExposstOptions
 from .positions import exposst_args
-from .prompts import word_start_table
+from .prompts import word_start_table, word_starts
 from .switch import check_vllm_version
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ class ExposstScheduler(Scheduler):
         self.session_tokens: dict[str, int] = {}
         self.finished_tokens: OrderedDict[str, int] = OrderedDict()
         self.total_blocks = self.kv_cache_manager.block_pool.num_gpu_blocks - 1
+        # READ priority, measured: a chunk that arrives between steps should be
+        # scheduled by the next schedule() call; ``chunk_arrived`` holds the call count
+        # at arrival, ``chunk_waits`` how many calls passed over chunks (0 is ideal)
+        self.schedule_calls = 0
+        self.chunk_arrived: dict[str, int] = {}
+        self.chunk_counts = {"chunks_scheduled": 0, "chunks_delayed": 0, "chunk_wait_steps": 0}
+        self.session_preemptions = 0  # session requests vLLM preempted (KV cache full)
 
     # -- word-boundary stop ---------------------------------------------------
     def _word_start_table(self) -> list[bool]:
@@ -69,57 +77,103 @@ class ExposstScheduler(Scheduler):
             request, new_token_ids, *args, **kwargs
         )
         args = exposst_args(request.sampling_params)
-        if stopped or not args or not new_token_ids or "word_stop_after" not in args:
+        if stopped or not args or not new_token_ids or "words" not in args:
             return new_token_ids, stopped
-        table = self._word_start_table()
-        first_output = request.num_output_tokens - len(new_token_ids) + 1
-        for offset, token in enumerate(new_token_ids):
-            index = first_output + offset
-            if index >= args["word_stop_after"] and token < len(table) and table[token]:
-                request.status = RequestStatus.FINISHED_STOPPED
-                request.stop_reason = token
-                surplus = len(new_token_ids) - offset - 1
-                if surplus:
-                    del request._output_token_ids[-surplus:]
-                    del request._all_token_ids[-surplus:]
-                    del new_token_ids[offset + 1 :]
-                return new_token_ids, True
-        return new_token_ids, False
+        outputs = request.output_token_ids  # this turn's (vLLM clears them per chunk)
+        starts = word_starts(
+            outputs, self._word_start_table(), args["max_word_tokens"], args["carried"]
+        )
+        if len(starts) < args["words"]:
+            return new_token_ids, False
+        surplus = len(outputs) - starts[args["words"] - 1] - 1  # tokens after the lookahead
+        request.status = RequestStatus.FINISHED_STOPPED
+        request.stop_reason = outputs[-surplus - 1]
+        if surplus:
+            del request._output_token_ids[-surplus:]
+            del request._all_token_ids[-surplus:]
+            del new_token_ids[-surplus:]
+        return new_token_ids, True
 
     # -- accounting and priority for sessions with new source -----------------
-    def _waiting_session_tokens(self) -> int:
-        """New tokens of sessions that hold KV blocks and wait to be scheduled."""
-        return sum(
-            r.num_tokens - r.num_computed_tokens
-            for r in self.kv_holding_waiting
-            if exposst_args(r.sampling_params) is not None
+    @staticmethod
+    def _new_tokens(request) -> int:
+        return (
+            request.num_tokens_with_spec
+            + request.num_output_placeholders
+            - request.num_computed_tokens
         )
 
-    def schedule(self, *args: Any, **kwargs: Any):
-        """vLLM's step, with room kept for sessions that just received source.
+    def _waiting_chunks(self) -> list[int]:
+        """New-token counts of session chunks that hold KV blocks and wait to run."""
+        return [
+            self._new_tokens(r)
+            for r in self.kv_holding_waiting
+            if r.status != RequestStatus.WAITING_FOR_STREAMING_REQ
+            and exposst_args(r.sampling_params) is not None
+        ]
 
-        vLLM schedules running requests first; a long ordinary prefill could take
-        the whole token budget.  While sessions wait with new tokens, running
-        prefills are capped (``long_prefill_token_threshold``) so that the session
-        chunks fit in the same step.  vLLM itself already drains KV-holding waiting
-        requests (paused sessions) before new ones.
+    def schedule(self, *args: Any, **kwargs: Any):
+        """vLLM's step, with room kept for sessions that just received source (READ priority).
+
+        vLLM schedules running requests first, so running prefills (long ordinary
+        prompts, sessions opening) could take the whole token budget while a session's
+        next chunk waits.  While chunks wait, running prefills share only the budget
+        left after the running decodes and every waiting chunk (each capped to it,
+        taken in vLLM's order); those that do not fit sit the step out (vLLM's own
+        per-request skip, ``next_decode_eligible_step``).  If the room left is
+        smaller than a chunk, no prefill runs.  vLLM already takes KV-holding waiting
+        requests (sessions) before new ones.  Prefills only lose steps to sessions
+        with new source.
         """
+        self.schedule_calls += 1
         config = self.scheduler_config
         saved = config.long_prefill_token_threshold
-        reserve = self._waiting_session_tokens()
-        if reserve:
-            cap = max(1, self.max_num_scheduled_tokens - reserve)
-            config.long_prefill_token_threshold = min(saved, cap) if saved else cap
+        held: list[tuple[Any, int]] = []
+        chunks = self._waiting_chunks()
+        if chunks:
+            prefills = [r for r in self.running if self._new_tokens(r) > 1]
+            decodes = len(self.running) - len(prefills)
+            free = self.max_num_scheduled_tokens - sum(chunks) - decodes
+            if free >= max(chunks):  # a smaller cap would split the chunks themselves
+                config.long_prefill_token_threshold = min(saved, free) if saved else free
+            else:
+                free = 0
+            for request in prefills:  # in vLLM's order; those that do not fit sit out
+                need = min(self._new_tokens(request), free)
+                if need and need <= free:
+                    free -= need
+                    continue
+                held.append((request, request.next_decode_eligible_step))
+                request.next_decode_eligible_step = self.current_step + 2
         try:
             output = super().schedule(*args, **kwargs)
         finally:
             config.long_prefill_token_threshold = saved
+            for request, step in held:
+                request.next_decode_eligible_step = step
         for req_id, count in output.num_scheduled_tokens.items():
             request = self.requests.get(req_id)
             if request is not None and exposst_args(request.sampling_params) is not None:
                 key = external_id(req_id)
                 self.session_tokens[key] = self.session_tokens.get(key, 0) + count
+            arrived = self.chunk_arrived.pop(req_id, None)
+            if arrived is not None:
+                waited = self.schedule_calls - arrived - 1
+                self.chunk_counts["chunks_scheduled"] += 1
+                self.chunk_counts["chunks_delayed"] += waited > 0
+                self.chunk_counts["chunk_wait_steps"] += waited
         return output
+
+    def _update_request_as_session(self, session, update) -> None:
+        """A session's next chunk is in: note when, to measure how soon it runs."""
+        super()._update_request_as_session(session, update)
+        if exposst_args(session.sampling_params) is not None:
+            self.chunk_arrived[session.request_id] = self.schedule_calls
+
+    def _preempt_request(self, request, *args: Any, **kwargs: Any) -> None:
+        if exposst_args(request.sampling_params) is not None:
+            self.session_preemptions += 1
+        super()._preempt_request(request, *args, **kwargs)
 
     def _free_request(self, request, *args: Any, **kwargs: Any):
         key = external_id(request.request_id)
@@ -127,10 +181,16 @@ class ExposstScheduler(Scheduler):
             self.finished_tokens[key] = self.session_tokens.pop(key)
             while len(self.finished_tokens) > FINISHED_STATS_KEPT:
                 self.finished_tokens.popitem(last=False)
+        self.chunk_arrived.pop(request.request_id, None)
         return super()._free_request(request, *args, **kwargs)
 
     def exposst_stats(self) -> dict:
-        """Counts for metrics and tests: sessions, blocks, tokens computed per session."""
+        """Counts for metrics and tests: sessions, blocks, chunk waits, tokens per session.
+
+        ``chunks_scheduled`` counts a session's continuation chunks (new source or the
+        next word) that have run; ``chunks_delayed`` those not scheduled by the first
+        step after they arrived, ``chunk_wait_steps`` the steps they waited in all.
+        """
         sessions = [
             r for r in self.requests.values() if exposst_args(r.sampling_params) is not None
         ]
@@ -143,5 +203,7 @@ class ExposstScheduler(Scheduler):
             "waiting_requests": len(self.waiting) + len(self.kv_holding_waiting),
             "total_blocks": self.total_blocks,
             "free_blocks": self.kv_cache_manager.block_pool.get_num_free_blocks(),
+            **self.chunk_counts,
+            "session_preemptions": self.session_preemptions,
             "tokens_computed": {**self.finished_tokens, **self.session_tokens},
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vllm_exposst.prompts import build_prompt
+from vllm_exposst.prompts import build_prompt, word_starts
 
 
 def test_pieces_come_from_the_chat_template(tiny_llama):
@@ -46,3 +46,15 @@ def test_word_tokens_rebuild_the_text_and_mark_word_starts(tiny_llama):
     for i, word in enumerate(words):
         assert template.word_start[word[0]] == (i > 0)
         assert not any(template.word_start[t] for t in word[1:])
+
+
+def test_word_starts_cut_at_whitespace_tokens_and_at_the_word_cap():
+    # ids 1 and 4 begin words; the table is written out by hand
+    table = [False, True, False, False, True]
+    assert word_starts([2, 3, 1, 2, 4], table, max_word_tokens=8) == [2, 4]
+    assert word_starts([1, 2, 3], table, max_word_tokens=8) == []  # the first begins word 1
+    assert word_starts([2, 2, 2, 2, 2], table, max_word_tokens=2) == [2, 4]
+    # a fed lookahead (carried=1): the first generated token may begin the next word
+    assert word_starts([1, 2], table, max_word_tokens=8, carried=1) == [0]
+    assert word_starts([2, 2], table, max_word_tokens=2, carried=1) == [1]
+    assert word_starts([], table, max_word_tokens=2) == []

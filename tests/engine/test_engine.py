@@ -22,10 +22,11 @@ from ..conftest import make_random_adapter, peft_model, random_sentence, start_e
 pytestmark = pytest.mark.engine
 CAP = 24
 POLICIES = ["wait-1", "wait-3", "wait-5", "read-2/write-1", "adaptive-0.05", "token-wait-3"]
+COUNT_DECIDED = {"wait-1", "wait-3", "wait-5", "read-2/write-1"}  # no confidence needed
 LONG_SYSTEM_PROMPT = " ".join(["You translate captions for a live audience, word by word."] * 12)
 
 
-def jobs(seed: int, count: int = 16, **config) -> list[tuple[str, SessionConfig]]:
+def jobs(seed: int, count: int = 16, cap: int = CAP, **config) -> list[tuple[str, SessionConfig]]:
     """Mixed policies and lengths; slot lengths from 2 so first READs overflow a slot."""
     rng = random.Random(seed)
     out = []
@@ -36,7 +37,7 @@ def jobs(seed: int, count: int = 16, **config) -> list[tuple[str, SessionConfig]
             (
                 source,
                 SessionConfig(
-                    policy=policy, slot_len=rng.randint(2, 6), max_target_tokens=CAP, **config
+                    policy=policy, slot_len=rng.randint(2, 6), max_target_tokens=cap, **config
                 ),
             )
         )
@@ -101,6 +102,12 @@ def test_sixteen_concurrent_sessions_equal_the_reference_decoder(served, engine_
     template = template_for(tokenizer, batch[0][1])
     for job, result in zip(batch, results):
         assert_matches_reference(model, template, job, result)
+    # the words written between two READs are one engine turn, so turns without new
+    # source are at most the tail (confidence and token policies still turn per unit)
+    counted = [(job, r) for job, r in zip(batch, results) if job[1].policy in COUNT_DECIDED]
+    for (_, config), result in counted:
+        assert result.turns - len(result.read_latencies) <= 1, (config.policy, result.turns)
+    assert sum(len(r.delays) - r.turns for _, r in counted) > 0  # fewer turns than words
 
 
 def test_tokens_computed_are_prefix_header_source_and_target(served, engine_loop):

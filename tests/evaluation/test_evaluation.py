@@ -356,5 +356,5 @@ def test_reduced_demo_runs(model_cache):
     cmd = [sys.executable, "-m", "vllm_exposst.demo", "--rate", "20", "--stagger", "0.1"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    for text in ("BLEU", "LAAL", "tokens computed", "recompute baseline"):
+    for text in ("BLEU", "LAAL", "tokens computed", "recompute baseline", "after the speaker"):
         assert text in done.stdout

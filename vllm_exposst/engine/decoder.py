@@ -1,10 +1,12 @@
 """A session's READ/WRITE loop on the engine (mirrors :class:`reference._Run`, turn by turn).
 
 READs only buffer source tokens (with positions from the session's allocator); the
-buffer is sent as the next streaming chunk when the model must speak.  A WRITE of a
-word is one engine turn that the scheduler ends at the next word boundary; the token
-that ends it (the lookahead) is dropped by vLLM and sent again as the first token of
-the next word if the policy WRITEs again (design section 3).
+buffer is sent as the next streaming chunk when the model must speak.  The words the
+policy WRITEs before its next READ are one engine turn that the scheduler ends at the
+word boundary after them (one word for confidence policies; the whole tail once the
+source is done); the token that ends it (the lookahead) is dropped by vLLM and sent
+again as the first token of the next word if the policy WRITEs again (design
+section 3).  Words are passed on as they complete, not at the end of the turn.
 
 Modes: ``exposst`` (allocated positions through the worker patch), ``shift`` (vLLM's
 own contiguous positions), ``recompute`` (every READ after target tokens restarts the
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 from ..defaults import OFFLINE, target_token_limit
 from ..layout import READ, WRITE, make_allocator
 from ..policies import Offline, Policy, PolicyState
-from ..prompts import PromptTemplate, word_delays
+from ..prompts import PromptTemplate, word_delays, word_starts
 from .request import RequestTarget, Sampled, StreamRequest
 from .source import SourceBuffer
 from .types import SessionConfig, SessionResult, TargetPiece, TurnStats
@@ -75,6 +77,7 @@ class SessionDecoder:
         self.restart = False  # recompute: next turn starts a new request
         self.unsent_source = 0  # source tokens read since the last chunk
         self.refeeds = 0
+        self.text = ""  # the translation passed on so far
 
     def _salt(self) -> str | None:
         if not self.positions_allocated:
@@ -102,7 +105,7 @@ class SessionDecoder:
             if self.mode in ("recompute", OFFLINE):
                 self.buffer = self._offline_prompt()
             self.restart = False
-        extra = {"word_stop_after": turn.pop("word_stop_after", 0)}
+        extra = dict(turn.pop("words", {}))
         if self.positions_allocated:
             extra.update(start=self.request.num_tokens, positions=self.buffer_pos, decode=decode)
         sampled = await self.request.turn(
@@ -150,17 +153,95 @@ class SessionDecoder:
         self.header_done = True
         return positions[-1]
 
-    async def _write(self) -> list[int] | None:
-        """Write one unit; None when the model's first choice is the stop token."""
-        if self.policy.unit == "token":
-            tokens = await self._write_token()
-        else:
-            tokens = await self._write_word()
-        if tokens is None:
+    def _planned_words(self, read: int, written: int, source_done: bool) -> int | None:
+        """How many words the policy WRITEs before its next READ, when counts alone
+        decide (None: to the end of the translation).
+
+        Those words are then one engine turn, so no round trip through this loop (and
+        no step skipped while the next chunk travels) separates them: the tail after
+        the speaker's last word, and wait-k catching up after a burst of source.
+        """
+        if self.policy.needs_confidence:
+            return 1
+        if source_done:
             return None
-        self.target_ids += [tok for tok, _ in tokens]
-        self.logprobs += [lp for _, lp in tokens]
-        return [tok for tok, _ in tokens]
+        planned = 1
+        while planned < self._limit() and (
+            self.policy.decide(PolicyState(read, written + planned, False)) == WRITE
+        ):
+            planned += 1
+        return planned
+
+    def _split_words(self, tokens: Sampled) -> list[Sampled]:
+        """A turn's target tokens (the fed lookahead first) cut into words."""
+        ids = [token for token, _ in tokens]
+        table, cap = self.s.template.word_start, self.s.config.max_word_tokens
+        cuts = [0, *word_starts(ids, table, cap), len(tokens)]
+        return [tokens[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+    async def _write_words(self, count: int | None, delay: int) -> int | None:
+        """Write up to ``count`` words (None: until the stop token or the limit) in one
+        turn, which the scheduler ends where the word after them begins.
+
+        The turn's last sampled token is the lookahead (kept in ``pending``, fed first
+        in the next turn); the tokens before it were computed and take consecutive
+        target positions.  Each word is passed on as soon as the token after it is
+        sampled.  Returns the number of words, None when the model's first choice is
+        the stop token.
+        """
+        config, stop = self.s.config, self.s.template.stop_id
+        room = self._limit() - len(self.target_ids)
+        carried: Sampled = []
+        turn: dict[str, Any] = {}
+        if not self.header_done:
+            decode, allocated = self._open_header(), 1
+            turn["min_tokens"] = 1
+        elif self.pending is not None:
+            if self.pending[0] == stop:
+                return None
+            carried, allocated = [self.pending], 1
+            position = self.allocator.write(1)[0]
+            self.buffer.append(self.pending[0])
+            self.buffer_pos.append(position)
+            decode = position + 1
+        else:
+            decode, allocated = self._frontier(), 0
+        budget = room if count is None else min(room, count * config.max_word_tokens)
+        words = {"carried": len(carried), "max_word_tokens": config.max_word_tokens}
+        if count is not None:
+            words["words"] = count
+        passed = 0
+
+        def pass_on(sampled: Sampled) -> None:
+            nonlocal passed
+            for word in self._split_words(carried + sampled)[passed:-1]:
+                self._commit(word, delay)
+                passed += 1
+
+        sampled = await self._send(
+            decode, max_tokens=budget + 1 - len(carried), words=words, on_sampled=pass_on, **turn
+        )
+        self.pending = sampled[-1]
+        written = carried + sampled[:-1]
+        for word in self._split_words(written)[passed:]:
+            self._commit(word, delay)
+            passed += 1
+        self.allocator.write(len(written) - allocated)
+        return passed or None
+
+    def _commit(self, word: Sampled, delay: int) -> None:
+        """Add a written unit to the translation and pass it on to the client."""
+        tokens = [token for token, _ in word]
+        self.target_ids += tokens
+        self.logprobs += [logprob for _, logprob in word]
+        self.groups.append((tokens, delay))
+        text = self.s.template.decode(self.target_ids)
+        now = time.monotonic() - self.s.opened
+        self.elapsed.append(now)
+        self.s.emit(
+            TargetPiece(text[len(self.text) :], tokens, delay, now, self.logprobs[-len(tokens) :])
+        )
+        self.text = text
 
     async def _write_token(self) -> Sampled | None:
         """One target token; it is fed with the next chunk at its allocated position."""
@@ -180,42 +261,9 @@ class SessionDecoder:
         self.buffer_pos.append(position)
         return [token]
 
-    async def _write_word(self) -> Sampled | None:
-        """One target word: a turn the scheduler ends at the next word boundary.
-
-        The turn's last sampled token is the lookahead (kept in ``pending``); the
-        tokens before it were computed, and take consecutive target positions.
-        """
-        config, stop = self.s.config, self.s.template.stop_id
-        cap = min(config.max_word_tokens, self._limit() - len(self.target_ids))
-        if not self.header_done:
-            first = self._open_header()
-            sampled = await self._send(first, max_tokens=cap + 1, min_tokens=1, word_stop_after=2)
-            tokens = sampled[:-1]
-            self.allocator.write(len(tokens) - 1)  # the first one came with the header
-        elif self.pending is not None:
-            if self.pending[0] == stop:
-                return None
-            position = self.allocator.write(1)[0]
-            self.buffer.append(self.pending[0])
-            self.buffer_pos.append(position)
-            sampled = await self._send(position + 1, max_tokens=cap, word_stop_after=1)
-            tokens = [self.pending, *sampled[:-1]]
-            self.allocator.write(len(sampled) - 1)
-        else:
-            sampled = await self._send(self._frontier(), max_tokens=cap + 1, word_stop_after=2)
-            if sampled[0][0] == stop:
-                self.pending = sampled[0]
-                return None
-            tokens = sampled[:-1]
-            self.allocator.write(len(tokens))
-        self.pending = sampled[-1]
-        return tokens
-
     async def run(self) -> SessionResult:
-        s, t, source = self.s, self.s.template, self.s.source
+        t, source = self.s.template, self.s.source
         read = written = 0
-        previous_text = ""
         while len(self.target_ids) < self._limit():
             source_done = source.done(read)
             confidence = None
@@ -233,21 +281,15 @@ class SessionDecoder:
                 self._read(read)
                 read += 1
                 continue
-            tokens = await self._write()
-            if tokens is None:
-                continue
-            written += 1
             delay = source.unit_word[read - 1] + 1 if read else 0
-            self.groups.append((tokens, delay))
-            text = t.decode(self.target_ids)
-            now = time.monotonic() - s.opened
-            self.elapsed.append(now)
-            s.emit(
-                TargetPiece(
-                    text[len(previous_text) :], tokens, delay, now, self.logprobs[-len(tokens) :]
-                )
-            )
-            previous_text = text
+            if self.policy.unit == "token":
+                token = await self._write_token()
+                if token is not None:
+                    self._commit(token, delay)
+                written += token is not None
+                continue
+            count = self._planned_words(read, written, source_done)
+            written += await self._write_words(count, delay) or 0
         return self._result()
 
     def _result(self) -> SessionResult:
@@ -268,6 +310,7 @@ class SessionDecoder:
             + len(self.target_ids),
             refeeds=self.refeeds,
             request_ids=list(s.stats.request_ids),
+            turns=s.stats.turns,
             read_latencies=list(s.stats.read_latencies),
             decode_steps=list(s.stats.decode_steps),
         )

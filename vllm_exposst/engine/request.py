@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +54,12 @@ class StreamRequest:
         extra: dict,
         min_tokens: int = 0,
         source_tokens: int = 0,
+        on_sampled: Callable[[Sampled], None] | None = None,
     ) -> Sampled:
-        """Send ``tokens`` as the next chunk and collect the turn's sampled tokens."""
+        """Send ``tokens`` as the next chunk and collect the turn's sampled tokens.
+
+        ``on_sampled`` sees the tokens sampled so far after each engine output, so a
+        caller can pass on words before a long turn ends."""
         from vllm import SamplingParams
         from vllm.engine.protocol import StreamingInput
         from vllm.inputs import TokensPrompt
@@ -90,6 +94,8 @@ class StreamRequest:
             for i, token in enumerate(completion.token_ids):
                 logprob = completion.logprobs[i][token].logprob if completion.logprobs else 0.0
                 sampled.append((token, logprob))
+            if on_sampled is not None and completion.token_ids:
+                on_sampled(sampled)
             if completion.finish_reason is not None or output.finished:
                 break
         finished_at = time.perf_counter()
@@ -100,6 +106,7 @@ class StreamRequest:
         computed = len(tokens) + len(sampled) - 1  # the last sampled token is not fed
         self.num_tokens += computed
         self.stats.tokens_sent += computed
+        self.stats.turns += 1
         return sampled
 
     async def finish(self) -> None:
