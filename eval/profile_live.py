@@ -4,7 +4,7 @@ Each configuration gets its own engine (SmolLM2-135M-Instruct, eager, wait-3 or 
 adapter's policy).  ``--speakers`` sessions speak sentences word by word at
 ``--rate`` words/s, staggered, as ``make demo`` does.  Reported per configuration:
 READ-to-WRITE (a chunk with new source to its first sampled token) p50/p90, the
-decode step (median seconds per token of word-continuation turns) and their ratio,
+decode step (median seconds per generated token after a turn's first) and their ratio,
 how long after its speaker each sentence is done (p50/max), and agreement with the
 transformers reference decoder in float32 (sentences with identical tokens, largest
 |log-prob difference| over the tokens both chose) plus whether each sentence gives

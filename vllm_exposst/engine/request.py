@@ -101,7 +101,7 @@ class StreamRequest:
         finished_at = time.perf_counter()
         if source_tokens:
             self.stats.read_latencies.append(first_at - sent_at)
-        elif len(sampled) > 1:
+        if len(sampled) > 1:  # the tokens after a turn's first come one decode step apart
             self.stats.decode_steps.append((finished_at - first_at) / (len(sampled) - 1))
         computed = len(tokens) + len(sampled) - 1  # the last sampled token is not fed
         self.num_tokens += computed

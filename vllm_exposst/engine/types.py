@@ -63,8 +63,8 @@ class TurnStats:
     request_ids: list[str] = field(default_factory=list)  # several in recompute mode
     tokens_sent: int = 0  # tokens the session asked the engine to compute
     turns: int = 0  # engine round trips: chunks sent and answered
-    # seconds from sending a chunk to its first sampled token: turns that carry new
-    # source (READ-to-WRITE latency) and per generated token of the other turns
+    # seconds from sending a chunk with new source to its first sampled token
+    # (READ-to-WRITE latency), and per generated token after a turn's first
     read_latencies: list[float] = field(default_factory=list)
     decode_steps: list[float] = field(default_factory=list)
 
@@ -84,4 +84,4 @@ class SessionResult:
     request_ids: list[str]
     turns: int  # engine round trips (one per WRITE run between READs, plus peeks)
     read_latencies: list[float]  # chunk with new source -> its first sampled token (s)
-    decode_steps: list[float]  # seconds per generated token in word-continuation turns
+    decode_steps: list[float]  # seconds per generated token after each turn's first
