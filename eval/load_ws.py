@@ -3,10 +3,13 @@
 Each client sends one word at a time to ``/v1/simul/realtime`` at ``--rate`` words
 per second, commits, and waits for ``done``; it repeats over its sentences.  The
 READ-to-WRITE latency of a delta is the time from sending the source word that
-made it possible (the ``source_words_read``-th word) to receiving the delta.
+made it possible (the ``source_words_read``-th word) to receiving the delta; it is
+also reported apart for deltas unlocked while the speaker talks and for those written
+after the last word.  One sentence warms the server first (not measured).
 
     .venv/bin/python eval/load_ws.py --url ws://127.0.0.1:8000 --clients 8 32 \\
-        --source ../shared/data/multi30k/test_2016_flickr.en --start-server default
+        --source ../shared/data/multi30k/test_2016_flickr.en --start-server default \\
+        --adapter adapters/exposst-smollm2
 """
 
 from __future__ import annotations
@@ -41,10 +44,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MODEL",
         help="start `vllm serve MODEL` with the plugin first ('default' ok)",
     )
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        help="with --start-server: serve this LoRA adapter as 'exposst' and speak to it",
+    )
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="with --start-server")
     parser.add_argument("--out", type=Path, default=Path("docs/bench/load_ws.json"))
     return parser.parse_args(argv)
 
 
+ADAPTER_NAME = "exposst"
 SENTENCES = [
     "A man in a blue shirt is standing on a ladder.",
     "Two young children are playing with a dog in the park.",
@@ -54,15 +64,22 @@ SENTENCES = [
 
 
 async def receive_sentence(
-    ws, sent_at: list[float], latencies: list[float], words: list[int]
+    ws, sent_at: list[float], latencies: list[float], words: list[int], tail: list[float]
 ) -> None:
-    """Deltas until ``done``: each delta's latency from the word that unlocked it."""
+    """Deltas until ``done``: each delta's latency from the word that unlocked it.
+
+    Deltas written after the last source word go to ``tail`` (timed from that word,
+    so they grow with the words still to write), the others to ``latencies``."""
+    seen: list[tuple[int, float]] = []
     while True:
         event = json.loads(await ws.recv())
         if event["type"] == "response.output_text.delta":
-            latencies.append(time.perf_counter() - sent_at[event["source_words_read"] - 1])
+            read = event["source_words_read"]
+            seen.append((read, time.perf_counter() - sent_at[read - 1]))
         elif event["type"] == "response.output_text.done":
             words.append(len(event["text"].split()))
+            for read, latency in seen:
+                (tail if read == len(sent_at) else latencies).append(latency)
             return
         elif event["type"] == "error":
             raise RuntimeError(event["error"])
@@ -73,19 +90,21 @@ async def client(
     headers: dict,
     sentences: list[str],
     rate: float,
-    policy: str,
+    session: dict,
     latencies: list[float],
     words: list[int],
+    tail: list[float] | None = None,
 ) -> None:
+    tail = [] if tail is None else tail
     async with websockets.connect(
         f"{url}/v1/simul/realtime", additional_headers=headers, max_size=None
     ) as ws:
         await ws.recv()  # session.created
-        await ws.send(json.dumps({"type": "session.update", "session": {"policy": policy}}))
+        await ws.send(json.dumps({"type": "session.update", "session": session}))
         await ws.recv()
         for sentence in sentences:
             sent_at: list[float] = []
-            receiver = asyncio.ensure_future(receive_sentence(ws, sent_at, latencies, words))
+            receiver = asyncio.ensure_future(receive_sentence(ws, sent_at, latencies, words, tail))
             for word in sentence.split():
                 sent_at.append(time.perf_counter())
                 await ws.send(json.dumps({"type": "input_text.append", "text": word + " "}))
@@ -95,9 +114,15 @@ async def client(
         await ws.send(json.dumps({"type": "session.close"}))
 
 
+def session_of(args: argparse.Namespace) -> dict:
+    """What each client asks for in ``session.update``."""
+    return {"policy": args.policy, **({"model": ADAPTER_NAME} if args.adapter else {})}
+
+
 async def run_level(args, url: str, headers: dict, sentences: list[str], n: int) -> dict:
     latencies: list[float] = []
     words: list[int] = []
+    tail: list[float] = []
     start = time.perf_counter()
     jobs = []
     for i in range(n):
@@ -105,13 +130,14 @@ async def run_level(args, url: str, headers: dict, sentences: list[str], n: int)
             sentences[(i * args.sentences_per_client + j) % len(sentences)]
             for j in range(args.sentences_per_client)
         ]
-        jobs.append(client(url, headers, mine, args.rate, args.policy, latencies, words))
+        jobs.append(client(url, headers, mine, args.rate, session_of(args), latencies, words, tail))
     await asyncio.gather(*jobs)
     wall = time.perf_counter() - start
-    ordered = sorted(latencies)
+    ordered = sorted(latencies + tail)
+    during, tail = sorted(latencies), sorted(tail)
 
-    def pct(q: float) -> float:
-        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    def pct(q: float, values: list[float] = ordered) -> float:
+        return 1000 * values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
     return {
         "clients": n,
@@ -127,10 +153,14 @@ async def run_level(args, url: str, headers: dict, sentences: list[str], n: int)
             "p99": pct(0.99),
             "mean": 1000 * statistics.mean(ordered),
         },
+        "while_speaking_ms": {"p50": pct(0.5, during), "p90": pct(0.9, during)},
+        "after_last_word_ms": {"p50": pct(0.5, tail), "p90": pct(0.9, tail)},
     }
 
 
-def start_server(model: str, url: str) -> subprocess.Popen:
+def start_server(
+    model: str, url: str, adapter: Path | None = None, max_num_seqs: int = 64
+) -> subprocess.Popen:
     from vllm_exposst import models
 
     path = models.resolve_model(model)
@@ -147,12 +177,16 @@ def start_server(model: str, url: str) -> subprocess.Popen:
         "--max-model-len",
         "2048",
         "--max-num-seqs",
-        "64",
+        str(max_num_seqs),
         "--port",
         port,
         "--additional-config",
-        json.dumps({"exposst": {"max_sessions": 64}}),
+        json.dumps({"exposst": {"max_sessions": max_num_seqs}}),
     ]
+    if adapter is not None:
+        rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
+        command += ["--enable-lora", "--max-lora-rank", str(rank)]
+        command += ["--lora-modules", f"{ADAPTER_NAME}={adapter}"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     health = url.replace("ws://", "http://") + "/health"
     for _ in range(300):
@@ -174,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.source:
         sentences = [s.strip() for s in args.source.read_text().splitlines() if s.strip()]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    server = start_server(args.start_server, args.url) if args.start_server else None
+    if args.adapter and not args.start_server:
+        raise SystemExit("load_ws: --adapter needs --start-server")
+    server = start_server(args.start_server, args.url, args.adapter) if args.start_server else None
     try:
+        # one sentence first, not measured: the first use of an adapter loads it, and
+        # the first steps of a fresh engine are slow
+        asyncio.run(client(args.url, headers, sentences[:1], args.rate, session_of(args), [], []))
         results = [
             asyncio.run(run_level(args, args.url, headers, sentences, n)) for n in args.clients
         ]
@@ -184,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             server.terminate()
             server.wait(timeout=60)
     table = Table(title=f"live WebSocket load ({args.policy}, {args.rate} words/s per client)")
-    for column in ("clients", "sentences", "words/s", "R2W p50 ms", "R2W p90 ms", "R2W p99 ms"):
+    columns = ("clients", "sentences", "words/s", "R2W p50 ms", "R2W p90 ms", "R2W p99 ms")
+    for column in (*columns, "speaking p90 ms", "after last word p90 ms"):
         table.add_column(column)
     for r in results:
         lat = r["read_to_write_ms"]
@@ -195,9 +235,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{lat['p50']:.0f}",
             f"{lat['p90']:.0f}",
             f"{lat['p99']:.0f}",
+            f"{r['while_speaking_ms']['p90']:.0f}",
+            f"{r['after_last_word_ms']['p90']:.0f}",
         )
     Console(width=120).print(table)
-    write_record(args.out, results, url=args.url, server_model=args.start_server)
+    write_record(
+        args.out,
+        results,
+        url=args.url,
+        server_model=args.start_server,
+        adapter=str(args.adapter) if args.adapter else None,
+        dtype="float32",
+    )
     return 0
 
 
