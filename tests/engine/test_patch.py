@@ -112,3 +112,44 @@ def _split_target(path: str) -> list[str]:
             continue
         return [".".join(parts[:cut]), *parts[cut:]]
     raise ImportError(path)
+
+
+SIGNAL_ON_ANOTHER_THREAD = """
+import queue, signal, sys, threading, time
+from vllm_exposst.patch.teardown import WakingQueue
+
+def stop(signum, frame):
+    print("handled", flush=True)
+    raise SystemExit(0)
+
+signal.signal(signal.SIGTERM, stop)
+inputs = {kind}()
+def other_thread():  # SIGTERM goes to this thread, as the kernel may choose for a process
+    time.sleep(0.3)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    time.sleep(30)
+threading.Thread(target=other_thread, daemon=True).start()
+inputs.get()  # the idle engine core's wait
+"""
+
+
+def _idle_wait_then_signal(kind: str) -> tuple[bool, str]:
+    """Run the script; True if its main thread handled the signal within 5 s."""
+    import subprocess
+    import sys
+
+    script = SIGNAL_ON_ANOTHER_THREAD.format(kind=kind)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=5
+        )
+    except subprocess.TimeoutExpired:
+        return False, ""
+    return done.returncode == 0, done.stdout
+
+
+def test_an_idle_core_handles_a_signal_that_landed_on_another_thread():
+    """The engine core's idle wait (patch/teardown.py): with vLLM's plain queue the
+    handler never runs while the main thread waits; with WakingQueue it runs."""
+    assert _idle_wait_then_signal("WakingQueue") == (True, "handled\n")
+    assert _idle_wait_then_signal("queue.Queue") == (False, "")  # the bug it fixes

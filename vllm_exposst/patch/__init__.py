@@ -108,6 +108,20 @@ LEDGER: tuple[Patch, ...] = (
         breaks_if="the manager stops taking vllm_config or shutdown(timeout) changes",
         module="teardown",
     ),
+    *(
+        Patch(
+            target=f"vllm.v1.engine.core.{owner}.run_busy_loop (input_queue wakes up)",
+            why="an idle core blocks in input_queue.get(), which only a signal delivered "
+            "to its main thread interrupts; SIGTERM often lands on another thread, the "
+            "handler never runs, the core is killed after its grace and leaves shared "
+            "memory and semaphores behind. The queue's blocking get wakes every 0.5 s "
+            "instead (DPEngineCoreProc has its own loop)",
+            breaks_if="input_queue stops being a queue.Queue or run_busy_loop is renamed "
+            "(then the leak warning may come back at exit)",
+            module="teardown",
+        )
+        for owner in ("EngineCoreProc", "DPEngineCoreProc")
+    ),
     Patch(
         target="vllm.v1.engine.async_llm.AsyncLLM.shutdown",
         why="when vllm serve stops (timeout 0) an ExPosST engine stops its output "

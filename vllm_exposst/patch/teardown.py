@@ -9,6 +9,15 @@ vLLM's module globals are already None ("Exception ignored in AsyncLLM.__del__ .
 TypeError").  Dropping the traceback (the message stays, for vLLM's own
 ``raise ... from``) lets the engine go when its owner lets it go.
 
+An idle engine core waits for work in ``input_queue.get()``, a lock wait that only a
+signal delivered to the main thread interrupts.  ``terminate()`` sends SIGTERM to the
+process, and the kernel may hand it to any of the core's threads (ZMQ, OpenMP, the
+input thread): then the Python handler never runs, the core sits out its grace and is
+killed, and its shared memory (and its worker's) is left to the resource tracker
+("leaked shared_memory objects" at the end of ``make demo``, in about every other
+run).  :class:`WakingQueue` makes that wait wake every :data:`IDLE_WAKE_SECONDS`, so
+a pending signal is handled within that time wherever it landed.
+
 The engine-core process of an ExPosST engine also gets :data:`ENGINE_CORE_GRACE`
 seconds to stop. vLLM gives it 5 s, or none at all when ``vllm serve`` stops with its
 default ``--shutdown-timeout 0`` (it grants ROCm this grace); on a busy CPU the core is
@@ -20,12 +29,29 @@ tracker ("leaked shared_memory objects" at exit).  The workers get
 from __future__ import annotations
 
 import importlib
+import queue
 from typing import Any
 
 from ..switch import is_enabled
 from . import replace
 
 ENGINE_CORE_GRACE = 15.0  # seconds: above the workers' 8 s plus vLLM's 4 s SIGTERM wait
+IDLE_WAKE_SECONDS = 0.5  # an idle core looks at pending signals this often
+
+
+class WakingQueue(queue.Queue):
+    """A queue whose blocking ``get`` wakes up now and then (see the module docstring).
+
+    Only the wait changes: an item is returned as soon as it arrives."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if not block or timeout is not None:
+            return super().get(block, timeout)
+        while True:
+            try:
+                return super().get(True, IDLE_WAKE_SECONDS)
+            except queue.Empty:
+                continue  # back in Python: signal handlers run here
 
 
 def apply() -> None:
@@ -81,3 +107,17 @@ def apply() -> None:
         return shutdown
 
     replace(AsyncLLM, "shutdown", handler_first)
+
+    from vllm.v1.engine.core import DPEngineCoreProc, EngineCoreProc
+
+    def waking_input_queue(original: Any) -> Any:
+        # run_busy_loop, not __init__: the core loads plugins inside its __init__
+        def run_busy_loop(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if is_enabled(self.vllm_config) and type(self.input_queue) is queue.Queue:
+                self.input_queue.__class__ = WakingQueue  # same object, same items
+            return original(self, *args, **kwargs)
+
+        return run_busy_loop
+
+    replace(EngineCoreProc, "run_busy_loop", waking_input_queue)
+    replace(DPEngineCoreProc, "run_busy_loop", waking_input_queue)  # its own loop
