@@ -59,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("docs/bench/profile_live.json"))
     parser.add_argument("--note", default="", help="what else ran on the machine, etc.")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["eager"],
+        choices=["eager", "compiled"],
+        help="compiled: torch.compile (vLLM's default outside --enforce-eager)",
+    )
     return parser.parse_args(argv)
 
 
@@ -84,9 +91,17 @@ async def speak(engine: Any, config: Any, sentence: str, rate: float, delay: flo
         await session.close()
 
 
-async def profile(model: str, adapter: Path | None, dtype: str, args, sentences) -> dict:
+async def profile(
+    model: str, adapter: Path | None, dtype: str, args, sentences, compiled: bool = False
+) -> dict:
     """One engine: live speakers, then each sentence alone (for batch invariance)."""
-    options = engine_options(model, adapter, max_num_seqs=max(8, args.speakers), dtype=dtype)
+    options = engine_options(
+        model,
+        adapter,
+        max_num_seqs=max(8, args.speakers),
+        dtype=dtype,
+        enforce_eager=not compiled,
+    )
     started = time.perf_counter()
     engine = await start_engine(options)
     start_seconds = time.perf_counter() - started
@@ -172,6 +187,8 @@ def reference_agreement(row: dict, model_path: Path, adapter: Path | None, sente
 
 COLUMNS = (
     ("variant", "variant", "{}"),
+    ("mode", "mode", "{}"),
+    ("start s", "engine_start_seconds", "{:.0f}"),
     ("dtype", "dtype", "{}"),
     ("R2W p50 ms", "read_to_write_p50_ms", "{:.0f}"),
     ("R2W p90 ms", "read_to_write_p90_ms", "{:.0f}"),
@@ -211,13 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     plan = {"base": (base, None), "adapter": (base, args.adapter), "merged": (merged, None)}
     runs = [(d, v) for d in args.dtypes for v in args.variants]
     runs = [r for r in runs if r in args.first] + [r for r in runs if r not in args.first]
+    runs = [(d, v, m) for d, v in runs for m in args.modes]
     rows = []
-    for dtype, variant in runs:  # the record is rewritten after each: a cut run still counts
+    for dtype, variant, mode in runs:  # the record is rewritten after each: a cut run counts
         model, adapter = plan[variant]
-        row = asyncio.run(profile(str(model), adapter, dtype, args, lines))
+        compiled = mode == "compiled"
+        row = asyncio.run(profile(str(model), adapter, dtype, args, lines, compiled))
         gc.collect()
         reference_agreement(row, model, adapter, lines)
-        rows.append({"variant": variant, **row})
+        rows.append({"variant": variant, "mode": mode, **row})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
         write_record(
             args.out,
@@ -229,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
             model=str(base),
             adapter=str(args.adapter),
             merged=str(merged),
-            compiled="not measured: eager only (see docs/benchmarks.md)",
             note=args.note,
         )
     print(table(rows))
