@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import websockets
+from serving import free_port, print_table, serve_command, start, stop, wait_healthy
 
 from vllm_exposst.evaluation.record import write_record
 
@@ -54,58 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(model: Path, bind: str) -> tuple[subprocess.Popen, str]:
     """``vllm serve`` with the plugin on a free loopback port, bound to CPUs ``bind``."""
     port = free_port()
-    options = {"exposst": {"max_sessions": 64}}
-    command = [
-        str(Path(sys.executable).parent / "vllm"), "serve", str(model),
-        "--scheduler-cls", "vllm_exposst.scheduler.ExposstScheduler",
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-        "--max-model-len", "1024", "--max-num-seqs", "64", "--seed", "0",
-        "--additional-config", json.dumps(options),
-    ]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": bind}
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    return process, f"127.0.0.1:{port}"
-
-
-def wait_healthy(servers: list[tuple[subprocess.Popen, str]], timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    for process, addr in servers:
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bench_two_engines: the server on {addr} did not start")
-            try:
-                if httpx.get(f"http://{addr}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-
-
-def stop(servers: list[tuple[subprocess.Popen, str]]) -> None:
-    for process, _ in servers:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process, _ in servers:
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+    command = serve_command(model, port, max_model_len=1024)
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": bind}
+    return start(command, env), f"127.0.0.1:{port}"
 
 
 async def one_sentence(addr: str, sentence: str, args: argparse.Namespace, out: dict) -> None:
@@ -182,8 +133,6 @@ def cpu_halves(cores: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
 
     from vllm_exposst import models
 
@@ -193,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     for binds in ([args.cores], list(cpu_halves(args.cores))):
         servers = [start_server(model, bind) for bind in binds]
         try:
-            wait_healthy(servers)
+            for process, addr in servers:
+                wait_healthy(process, f"http://{addr}")
             addrs = [addr for _, addr in servers]
             # warm-up, not timed: each engine's first session loads the scheduler's
             # word table and the prompt template
@@ -202,23 +152,23 @@ def main(argv: list[str] | None = None) -> int:
                 level = asyncio.run(asyncio.wait_for(run_level(addrs, clients, args), 3600))
                 results.append({**level, "cpu_bind": binds})
         finally:
-            stop(servers)
-    table = Table(title=f"two engines vs one ({args.policy}, {args.rate} words/s per client)")
-    for column in ("engines", "clients", "sessions/s", "ratio", "R2W p50 ms", "R2W p90 ms"):
-        table.add_column(column)
+            stop([process for process, _ in servers])
     one = {r["clients"]: r for r in results if r["engines"] == 1}
-    for r in results:
-        ratio = r["sessions_per_second"] / one[r["clients"]]["sessions_per_second"]
-        lat = r["read_to_write_ms"]
-        table.add_row(
+    rows = [
+        (
             str(r["engines"]),
             str(r["clients"]),
             f"{r['sessions_per_second']:.3f}",
-            f"{ratio:.2f}",
-            f"{lat['p50']:.0f}",
-            f"{lat['p90']:.0f}",
+            f"{r['sessions_per_second'] / one[r['clients']]['sessions_per_second']:.2f}",
+            f"{r['read_to_write_ms']['p50']:.0f}",
+            f"{r['read_to_write_ms']['p90']:.0f}",
         )
-    Console(width=120).print(table)
+        for r in results
+    ]
+    columns = ("engines", "clients", "sessions/s", "ratio", "R2W p50 ms", "R2W p90 ms")
+    print_table(
+        f"two engines vs one ({args.policy}, {args.rate} words/s per client)", columns, rows
+    )
     write_record(args.out, results, model=str(args.model), cores=args.cores)
     return 0
 

@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import websockets
+from serving import print_table, serve_command, start, stop, wait_healthy
 
 from vllm_exposst.evaluation.record import write_record
 
@@ -163,45 +163,21 @@ def start_server(
 ) -> subprocess.Popen:
     from vllm_exposst import models
 
-    path = models.resolve_model(model)
-    port = url.rsplit(":", 1)[-1].strip("/")
-    command = [
-        str(Path(sys.executable).parent / "vllm"),
-        "serve",
-        str(path),
-        "--scheduler-cls",
-        "vllm_exposst.scheduler.ExposstScheduler",
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-model-len",
-        "2048",
-        "--max-num-seqs",
-        str(max_num_seqs),
-        "--port",
-        port,
-        "--additional-config",
-        json.dumps({"exposst": {"max_sessions": max_num_seqs}}),
-    ]
+    port = int(url.rsplit(":", 1)[-1].strip("/"))
+    extra: list[str] = []
     if adapter is not None:
         rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
-        command += ["--enable-lora", "--max-lora-rank", str(rank)]
-        command += ["--lora-modules", f"{ADAPTER_NAME}={adapter}"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    health = url.replace("ws://", "http://") + "/health"
-    for _ in range(300):
-        try:
-            if httpx.get(health, timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(1)
-    process.terminate()
-    raise SystemExit("load_ws: the server did not start")
+        extra = ["--enable-lora", "--max-lora-rank", str(rank)]
+        extra += ["--lora-modules", f"{ADAPTER_NAME}={adapter}"]
+    command = serve_command(
+        models.resolve_model(model), port, max_num_seqs=max_num_seqs, extra=extra
+    )
+    process = start(command)
+    wait_healthy(process, url.replace("ws://", "http://"))
+    return process
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
 
     args = parse_args(argv)
     sentences = SENTENCES
@@ -220,25 +196,22 @@ def main(argv: list[str] | None = None) -> int:
         ]
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=60)
-    table = Table(title=f"live WebSocket load ({args.policy}, {args.rate} words/s per client)")
-    columns = ("clients", "sentences", "words/s", "R2W p50 ms", "R2W p90 ms", "R2W p99 ms")
-    for column in (*columns, "speaking p90 ms", "after last word p90 ms"):
-        table.add_column(column)
-    for r in results:
-        lat = r["read_to_write_ms"]
-        table.add_row(
+            stop([server])
+    rows = [
+        (
             str(r["clients"]),
             str(r["sentences"]),
             f"{r['words_written_per_second']:.1f}",
-            f"{lat['p50']:.0f}",
-            f"{lat['p90']:.0f}",
-            f"{lat['p99']:.0f}",
+            *(f"{r['read_to_write_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
             f"{r['while_speaking_ms']['p90']:.0f}",
             f"{r['after_last_word_ms']['p90']:.0f}",
         )
-    Console(width=120).print(table)
+        for r in results
+    ]
+    columns = ("clients", "sentences", "words/s", "R2W p50 ms", "R2W p90 ms", "R2W p99 ms")
+    columns += ("speaking p90 ms", "after last word p90 ms")
+    title = f"live WebSocket load ({args.policy}, {args.rate} words/s per client)"
+    print_table(title, columns, rows)
     write_record(
         args.out,
         results,
