@@ -54,7 +54,7 @@ class ExposstScheduler(Scheduler):
         self.total_blocks = self.kv_cache_manager.block_pool.num_gpu_blocks - 1
         # READ priority, measured: a chunk that arrives between steps should be
         # scheduled by the next schedule() call; ``chunk_arrived`` holds the call count
-        # at arrival, ``chunk_waits`` how many calls passed over chunks (0 is ideal)
+        # at arrival, ``chunk_counts`` how many chunks ran, were late, and by how much
         self.schedule_calls = 0
         self.chunk_arrived: dict[str, int] = {}
         self.chunk_counts = {"chunks_scheduled": 0, "chunks_delayed": 0, "chunk_wait_steps": 0}
@@ -139,8 +139,8 @@ class ExposstScheduler(Scheduler):
             else:
                 free = 0
             for request in prefills:  # in vLLM's order; those that do not fit sit out
-                need = min(self._new_tokens(request), free)
-                if need and need <= free:
+                need = min(self._new_tokens(request), free)  # 0 once the room is used
+                if need:
                     free -= need
                     continue
                 held.append((request, request.next_decode_eligible_step))

@@ -179,15 +179,15 @@ class SessionDecoder:
         cuts = [0, *word_starts(ids, table, cap), len(tokens)]
         return [tokens[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
-    async def _write_words(self, count: int | None, delay: int) -> int | None:
+    async def _write_words(self, count: int | None, delay: int) -> int:
         """Write up to ``count`` words (None: until the stop token or the limit) in one
         turn, which the scheduler ends where the word after them begins.
 
         The turn's last sampled token is the lookahead (kept in ``pending``, fed first
         in the next turn); the tokens before it were computed and take consecutive
         target positions.  Each word is passed on as soon as the token after it is
-        sampled.  Returns the number of words, None when the model's first choice is
-        the stop token.
+        sampled.  Returns the number of words: 0 when the model's first choice is the
+        stop token (then kept in ``pending``).
         """
         config, stop = self.s.config, self.s.template.stop_id
         room = self._limit() - len(self.target_ids)
@@ -198,7 +198,7 @@ class SessionDecoder:
             turn["min_tokens"] = 1
         elif self.pending is not None:
             if self.pending[0] == stop:
-                return None
+                return 0
             carried, allocated = [self.pending], 1
             position = self.allocator.write(1)[0]
             self.buffer.append(self.pending[0])
@@ -227,7 +227,7 @@ class SessionDecoder:
             self._commit(word, delay)
             passed += 1
         self.allocator.write(len(written) - allocated)
-        return passed or None
+        return passed
 
     def _commit(self, word: Sampled, delay: int) -> None:
         """Add a written unit to the translation and pass it on to the client."""
@@ -289,7 +289,7 @@ class SessionDecoder:
                 written += token is not None
                 continue
             count = self._planned_words(read, written, source_done)
-            written += await self._write_words(count, delay) or 0
+            written += await self._write_words(count, delay)
         return self._result()
 
     def _result(self) -> SessionResult:
