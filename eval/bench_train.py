@@ -1,26 +1,36 @@
-"""Training throughput: the ExPosST layout against the offline layout, same pairs, same run.
+"""Training throughput: the plain forward against the fast one (and layouts), same pairs, one run.
 
-Both layouts hold exactly the same tokens per pair (only their order and position
-ids differ), so the batches are the same size; the ratio of training tokens per
-second (``exposst / offline``, target >= 0.9) shows what the event-order layout
-costs.  Each layout's model and data are built once; then short runs of ``--steps``
-steps alternate between the layouts (``--repeats`` rounds) and the medians count,
-so that a load that changes during the run hits both layouts alike.  Defaults
-need nothing outside the repository: a generated word-salad dataset and the tiny
-random Llama.
+Each *variant* is ``forward/precision[/topN]``: the forward (``plain`` =
+``model(**batch)``, ``label-head`` = the LM head only at labels, ``fast`` = that plus
+the shared prompt prefix once per batch; training/forward.py), the precision
+(``float32``, ``bfloat16`` = CPU autocast) and optionally LoRA on the upper N layers
+only.  Models and data are built once per layout and LoRA shape; then short runs of
+``--steps`` optimizer steps alternate between the variants (``--repeats`` rounds, the
+order reversed every other round) and the medians count, so a load that changes during
+the run hits every variant alike.  Reported per variant: pairs/s, target tokens/s (the
+labelled positions: target words, stop and lookahead labels), all non-padding tokens/s,
+the ratio to the first variant, each cut's own ratio (to the row before it), and the
+process's resident memory after the variant's runs.  Defaults need nothing outside the
+repository: generated word-salad pairs and the tiny random Llama.
 
     .venv/bin/python eval/bench_train.py
-    .venv/bin/python eval/bench_train.py --model default --pairs 200 --steps 10 \\
-        --source ../shared/data/multi30k/train.en --target ../shared/data/multi30k/train.de
+    D=../shared/data/multi30k
+    .venv/bin/python eval/bench_train.py --model default --source $D/train.en \\
+        --target $D/train.de --pairs 2000 --steps 6 --repeats 3 --threads 2 \\
+        --lora-r 8 --lookahead-labels --policy wait-k:2-9 --batch-tokens 2048 \\
+        --variants plain/float32 label-head/float32 fast/float32 plain/bfloat16 \\
+        fast/bfloat16 fast/bfloat16/top15 --out docs/bench/train_fast.json
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import resource
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,9 +38,36 @@ import torch
 from vllm_exposst.defaults import DEFAULT_SLOT_LEN
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
+from vllm_exposst.training.config import FORWARDS, PRECISIONS
 from vllm_exposst.training.trainer import TrainConfig, make_trainer, prepare
 
-TARGET_RATIO = 0.9
+DEFAULT_VARIANTS = ["plain/float32", "label-head/float32", "fast/float32", "fast/bfloat16"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    forward: str
+    precision: str
+    top_layers: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        parts = spec.split("/")
+        if len(parts) not in (2, 3) or parts[0] not in FORWARDS or parts[1] not in PRECISIONS:
+            raise argparse.ArgumentTypeError(
+                f"variant {spec!r}: expected forward/precision[/topN], forward in {FORWARDS}, "
+                f"precision in {PRECISIONS}"
+            )
+        top = None
+        if len(parts) == 3:
+            if not parts[2].startswith("top") or not parts[2][3:].isdigit():
+                raise argparse.ArgumentTypeError(f"variant {spec!r}: the third part is topN")
+            top = int(parts[2][3:])
+        return cls(parts[0], parts[1], top)
+
+    def __str__(self) -> str:
+        top = f"/top{self.top_layers}" if self.top_layers else ""
+        return f"{self.forward}/{self.precision}{top}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,13 +76,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, help="source sentences (default: generated)")
     parser.add_argument("--target", type=Path, help="target sentences, line-aligned")
     parser.add_argument("--pairs", type=int, default=400, help="pairs to use")
-    parser.add_argument("--layouts", nargs="+", default=["exposst", "offline"])
+    parser.add_argument("--layouts", nargs="+", default=["exposst"])
+    parser.add_argument(
+        "--variants", nargs="+", type=Variant.parse, default=[*map(Variant.parse, DEFAULT_VARIANTS)]
+    )
     parser.add_argument("--policy", default="wait-k:1-9")
     parser.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
+    parser.add_argument("--lookahead-labels", action="store_true")
+    parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds (one run per layout)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (one run per variant)")
     parser.add_argument("--batch-tokens", type=int, default=2048)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--beside", default="nothing", help="what else ran (for the record)")
     parser.add_argument("--out", type=Path, default=Path("docs/bench/train.json"))
     return parser.parse_args(argv)
 
@@ -66,17 +109,22 @@ def generated_pairs(folder: Path, count: int) -> list[str]:
     return [str(source), str(target)]
 
 
-def prepared_layouts(args: argparse.Namespace, files: list[str], folder: Path) -> dict:
-    """Model, LoRA layers and dataset per layout, built once (loading is not timed)."""
+def prepared_models(args: argparse.Namespace, files: list[str], folder: Path) -> dict:
+    """Model, LoRA layers and dataset per (layout, LoRA layers), built once (not timed)."""
+    shapes = {(layout, v.top_layers) for layout in args.layouts for v in args.variants}
     return {
-        layout: prepare(
+        (layout, top): prepare(
             TrainConfig(
                 train=files,
-                output_dir=str(folder / layout),
+                output_dir=str(folder / f"{layout}-{top}"),
                 model=args.model,
                 layout=layout,
                 policy=args.policy,
                 slot_len=args.slot_len,
+                lookahead_labels=args.lookahead_labels,
+                lora_r=args.lora_r,
+                lora_alpha=2 * args.lora_r,
+                lora_top_layers=top,
                 max_steps=args.steps,
                 max_pairs=args.pairs,
                 batch_tokens=args.batch_tokens,
@@ -86,25 +134,71 @@ def prepared_layouts(args: argparse.Namespace, files: list[str], folder: Path) -
                 progress=False,
             )
         )
-        for layout in args.layouts
+        for layout, top in sorted(shapes, key=str)
     }
 
 
-def one_run(prepared) -> dict:
-    """``steps`` optimizer steps with a fresh Trainer; tokens/s of the steps alone."""
+def resident_mib() -> float:
+    """The process's resident memory now (Linux), and not its peak: a variant's own need."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        return float("nan")
+
+
+def one_run(prepared, variant: Variant, steps: int | None = None) -> dict:
+    """``steps`` optimizer steps with a fresh Trainer; rates of the steps alone."""
+    config = prepared.config
+    config.forward, config.precision = variant.forward, variant.precision
+    planned, config.max_steps = config.max_steps, steps or config.max_steps
     trainer, meter = make_trainer(prepared)
     trainer.train()
+    config.max_steps = planned
     return {
         "layout": prepared.config.layout,
+        "variant": str(variant),
+        "forward": trainer.forward,
+        "bf16": trainer.cpu_bf16,
         "steps": trainer.state.global_step,
+        "pairs": meter.pairs,
+        "target_tokens": meter.target_tokens,
         "tokens": meter.tokens,
         "seconds": round(meter.seconds, 3),
-        "tokens_per_second": round(meter.rate, 1),
+        **meter.rates(),
+        "resident_mib": round(resident_mib(), 1),
     }
+
+
+def summary(runs: list[dict], args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for layout in args.layouts:
+        first = previous = None
+        for variant in map(str, args.variants):
+            mine = [r for r in runs if r["layout"] == layout and r["variant"] == variant]
+            row = {
+                "layout": layout,
+                "variant": variant,
+                **{
+                    key: statistics.median(r[key] for r in mine)
+                    for key in ("pairs_per_second", "target_tokens_per_second", "tokens_per_second")
+                },
+                "resident_mib": max(r["resident_mib"] for r in mine),
+            }
+            first = first or row
+            row["x_first"] = round(row["pairs_per_second"] / first["pairs_per_second"], 3)
+            row["x_previous"] = round(
+                row["pairs_per_second"] / (previous or row)["pairs_per_second"], 3
+            )
+            rows.append(row)
+            previous = row
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -112,35 +206,33 @@ def main(argv: list[str] | None = None) -> int:
             files = [str(args.source), str(args.target)]
         else:
             files = generated_pairs(folder, args.pairs)
-        prepared = prepared_layouts(args, files, folder)
+        prepared = prepared_models(args, files, folder)
+        for layout in args.layouts:  # warm-up: one step each, not counted
+            for variant in args.variants:
+                one_run(prepared[(layout, variant.top_layers)], variant, steps=1)
         for repeat in range(args.repeats):
-            order = args.layouts if repeat % 2 == 0 else list(reversed(args.layouts))
-            for layout in order:
-                run = one_run(prepared[layout])
+            order = [(lay, v) for lay in args.layouts for v in args.variants]
+            for layout, variant in order if repeat % 2 == 0 else reversed(order):
+                run = one_run(prepared[(layout, variant.top_layers)], variant)
                 run["repeat"] = repeat
                 runs.append(run)
                 print(
-                    f"repeat {repeat} {layout:8s} {run['tokens_per_second']:9.1f} tok/s "
-                    f"({run['tokens']} tokens, {run['seconds']:.1f} s)",
+                    f"repeat {repeat} {layout:8s} {str(variant):24s} "
+                    f"{run['pairs_per_second']:7.2f} pairs/s "
+                    f"{run['target_tokens_per_second']:7.1f} target tok/s ({run['seconds']:.1f} s)",
                     file=sys.stderr,
                 )
-    median = {
-        layout: statistics.median(r["tokens_per_second"] for r in runs if r["layout"] == layout)
-        for layout in args.layouts
-    }
-    ratios = {
-        layout: round(median[layout] / median["offline"], 3)
-        for layout in args.layouts
-        if "offline" in median and median["offline"] > 0
-    }
-    print(f"\n{'layout':10s} {'median tok/s':>13s} {'vs offline':>11s}")
-    for layout in args.layouts:
-        ratio = ratios.get(layout)
-        print(f"{layout:10s} {median[layout]:13.1f} {ratio if ratio is not None else '-':>11}")
-    ratio = ratios.get("exposst")
-    if ratio is not None:
-        verdict = "meets" if ratio >= TARGET_RATIO else "misses"
-        print(f"\nexposst / offline = {ratio:.3f} ({verdict} the target >= {TARGET_RATIO})")
+    rows = summary(runs, args)
+    print(
+        f"\n{'layout':8s} {'variant':24s} {'pairs/s':>8s} {'tgt tok/s':>10s} {'tok/s':>8s} "
+        f"{'x first':>8s} {'x prev':>7s} {'RSS MiB':>8s}"
+    )
+    for r in rows:
+        print(
+            f"{r['layout']:8s} {r['variant']:24s} {r['pairs_per_second']:8.2f} "
+            f"{r['target_tokens_per_second']:10.1f} {r['tokens_per_second']:8.1f} "
+            f"{r['x_first']:8.2f} {r['x_previous']:7.2f} {r['resident_mib']:8.0f}"
+        )
     write_record(
         args.out,
         runs,
@@ -150,12 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         pairs=args.pairs,
         policy=args.policy,
         slot_len=args.slot_len,
+        lookahead_labels=args.lookahead_labels,
+        lora_r=args.lora_r,
         steps=args.steps,
         batch_tokens=args.batch_tokens,
-        threads=args.threads,
-        median_tokens_per_second=median,
-        ratio_to_offline=ratios,
-        target_ratio=TARGET_RATIO,
+        threads=torch.get_num_threads(),
+        beside=args.beside,
+        summary=rows,
+        units={
+            "pairs_per_second": "training pairs (examples) per second of training steps",
+            "target_tokens_per_second": "labelled positions (target, stop, lookahead) per second",
+            "tokens_per_second": "all non-padding tokens (prompt, source, target) per second",
+        },
     )
     print(f"record: {args.out}", file=sys.stderr)
     return 0

@@ -32,3 +32,16 @@ def resolve_dtype(requested: Any) -> Any:
 def dtype_name(dtype: Any) -> str:
     """``torch.float32`` or ``"float32"`` -> ``"float32"`` (for logs, stats and records)."""
     return str(dtype).removeprefix("torch.")
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (``avx512_bf16`` or AMX): Linux flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False

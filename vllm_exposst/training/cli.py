@@ -15,7 +15,7 @@ import sys
 
 from .. import models
 from ..defaults import DEFAULT_REFEED, DEFAULT_SLOT_LEN, TRAIN_MODES
-from .config import DEFAULT_TARGETS, TrainConfig
+from .config import DEFAULT_TARGETS, FORWARDS, PRECISIONS, TrainConfig
 from .data import TrainingInputError
 from .trainer import SCHEDULES
 
@@ -69,6 +69,11 @@ def parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-alpha", type=int, default=32)
     lora.add_argument("--lora-dropout", type=float, default=0.05)
     lora.add_argument(
+        "--lora-top-layers",
+        type=int,
+        help="LoRA only on the upper N decoder layers (the backward stops there; default: all)",
+    )
+    lora.add_argument(
         "--lora-targets",
         default=",".join(DEFAULT_TARGETS),
         help="comma-separated module names, or all-linear (default: %(default)s)",
@@ -86,7 +91,34 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument("--grad-accum", type=int, default=1)
     opt.add_argument("--max-length", type=int, default=256, help="longer examples are left out")
     opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    opt.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bfloat16 autocast on a CPU with avx512_bf16 or AMX, float32 elsewhere "
+        "(on CUDA float32); bfloat16 / float32 force either (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--bf16",
+        action="store_const",
+        const="bfloat16",
+        dest="precision",
+        help="--precision bfloat16",
+    )
+    opt.add_argument(
+        "--forward",
+        choices=FORWARDS,
+        default="fast",
+        help="fast: the shared prompt prefix once per batch and the LM head only at labels; "
+        "label-head: only the second cut; plain: model(**batch) (default: %(default)s)",
+    )
+    opt.add_argument(
+        "--plain-forward",
+        action="store_const",
+        const="plain",
+        dest="forward",
+        help="--forward plain",
+    )
     opt.add_argument(
         "--max-minutes",
         type=float,
@@ -174,7 +206,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         eval_sentences=args.eval_sentences,
         save_every=args.save_every,
         log_every=args.log_every,
-        bf16=args.bf16,
+        precision=args.precision,
+        forward=args.forward,
+        lora_top_layers=args.lora_top_layers,
         max_minutes=args.max_minutes,
         save_dtype=args.save_dtype,
         threads=args.threads,
@@ -196,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"adapter: {result.output_dir}  steps: {result.steps}  "
         f"loss: {training['first_loss']} -> {training['last_loss']}  "
-        f"tokens/s: {result.tokens_per_second:.0f}",
+        f"pairs/s: {training['pairs_per_second']:.2f}  "
+        f"target tokens/s: {training['target_tokens_per_second']:.0f}  "
+        f"({training['forward']}, {training['precision']})",
         file=sys.stderr,
     )
     if result.meta.get("dev"):

@@ -18,6 +18,8 @@ from ..prompts import PromptTemplate
 from .data import LayoutDataset, Pair
 from .dev_eval import DevEvaluator
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+FORWARDS = ("fast", "label-head", "plain")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -61,7 +63,9 @@ class TrainConfig:
     eval_sentences: int = 100  # dev pairs used for dev loss and decoding
     save_every: int = 500  # checkpoint interval in steps; 0: none
     log_every: int = 10
-    bf16: bool = False
+    precision: str = "auto"  # auto | float32 | bfloat16 (training.forward.resolve_precision)
+    forward: str = "fast"  # fast | label-head | plain (training.forward; plain = model(**batch))
+    lora_top_layers: int | None = None  # LoRA only on the upper N layers (backward stops there)
     max_minutes: float | None = None  # stop (and save) after this much training time
     save_dtype: str = "float32"  # adapter weights as stored: bfloat16/float16 halve the file
     threads: int | None = None  # torch CPU threads (1 is fastest on a busy CPU)

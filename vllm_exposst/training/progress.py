@@ -1,8 +1,10 @@
 """Progress and throughput of a training run, as ``transformers`` callbacks.
 
-Throughput counts non-padding tokens (the trainer's ``num_input_tokens_seen``)
-over the time spent in training steps only: dev decoding and checkpoint writing
-are left out, so the number compares layouts and machines fairly.
+Throughput is counted three ways over the time spent in training steps only (dev
+decoding and checkpoint writing are left out, so the numbers compare layouts and
+machines fairly): pairs (examples), target tokens (the labelled positions: target
+words and the stop token, plus lookahead labels) and all non-padding tokens (the
+trainer's ``num_input_tokens_seen``: prompt, source and target).
 """
 
 from __future__ import annotations
@@ -14,17 +16,45 @@ from transformers import TrainerCallback
 
 
 class ThroughputMeter(TrainerCallback):
-    """Training tokens per second, evaluation and saving excluded."""
+    """Pairs, target tokens and all tokens per second, evaluation and saving excluded."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.tokens = 0
+        self.tokens = 0  # non-padding tokens
+        self.pairs = 0
+        self.target_tokens = 0  # labelled positions
         self._start_tokens = 0
         self._last = time.perf_counter()
 
+    def count_batch(self, rows: int, labels: int) -> None:
+        """One training batch seen (called by the trainer's loss)."""
+        self.pairs += rows
+        self.target_tokens += labels
+
+    def _per_second(self, count: int) -> float:
+        return count / self.seconds if self.seconds > 0 else 0.0
+
     @property
     def rate(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        """Non-padding tokens per second."""
+        return self._per_second(self.tokens)
+
+    @property
+    def pairs_rate(self) -> float:
+        return self._per_second(self.pairs)
+
+    @property
+    def target_rate(self) -> float:
+        """Target (labelled) tokens per second."""
+        return self._per_second(self.target_tokens)
+
+    def rates(self) -> dict[str, float]:
+        """What the log and the record report, named by what they divide."""
+        return {
+            "pairs_per_second": round(self.pairs_rate, 3),
+            "target_tokens_per_second": round(self.target_rate, 1),
+            "tokens_per_second": round(self.rate, 1),
+        }
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._start_tokens = state.num_input_tokens_seen
@@ -63,7 +93,10 @@ class ProgressBar(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
-            postfix = {"tok/s": f"{self.meter.rate:.0f}"}
+            postfix = {
+                "pairs/s": f"{self.meter.pairs_rate:.2f}",
+                "tgt tok/s": f"{self.meter.target_rate:.0f}",
+            }
             if self.loss is not None:
                 postfix["loss"] = f"{self.loss:.3f}"
             self.bar.set_postfix(postfix, refresh=False)
@@ -75,7 +108,8 @@ class ProgressBar(TrainerCallback):
             if not self.enabled:  # plain lines for log files (runs in the background)
                 print(
                     f"step {state.global_step}/{state.max_steps} loss={self.loss:.4f} "
-                    f"tok/s={self.meter.rate:.0f}",
+                    f"pairs/s={self.meter.pairs_rate:.2f} "
+                    f"target_tok/s={self.meter.target_rate:.0f} tok/s={self.meter.rate:.0f}",
                     flush=True,
                 )
         shown = {k: v for k, v in logs.items() if k.startswith("eval_")}

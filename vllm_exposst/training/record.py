@@ -121,6 +121,7 @@ def _lora_record(model: Any, c: Any) -> dict[str, Any]:
             "alpha": c.lora_alpha,
             "dropout": c.lora_dropout,
             "target_modules": list(c.lora_targets),
+            "layers_to_transform": getattr(peft, "layers_to_transform", None),
         }
     targets = peft.target_modules
     return {
@@ -128,4 +129,5 @@ def _lora_record(model: Any, c: Any) -> dict[str, Any]:
         "alpha": peft.lora_alpha,
         "dropout": peft.lora_dropout,
         "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "layers_to_transform": peft.layers_to_transform,
     }

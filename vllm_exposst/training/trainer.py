@@ -27,7 +27,7 @@ from .. import models
 from ..adapter_meta import write_adapter_meta
 from ..defaults import TRAIN_MODES
 from ..prompts import build_prompt
-from .config import Prepared, TrainConfig, TrainResult
+from .config import FORWARDS, PRECISIONS, Prepared, TrainConfig, TrainResult
 from .data import (
     LayoutDataset,
     PadCollator,
@@ -40,6 +40,7 @@ from .data import (
     training_policies,
 )
 from .dev_eval import DevEvaluator
+from .forward import fast_loss, resolve_precision, supports_fast_forward
 from .progress import ProgressBar, ThroughputMeter, TimeLimit
 from .record import SAVE_DTYPES, adapter_meta, cast_adapter_weights, last_eval
 
@@ -59,6 +60,18 @@ def check_options(config: TrainConfig) -> None:
         )
     if config.max_minutes is not None and not config.max_minutes > 0:
         raise TrainingInputError(f"max_minutes must be > 0, got {config.max_minutes!r}")
+    if config.precision not in PRECISIONS:
+        raise TrainingInputError(
+            f"unknown precision {config.precision!r}; expected one of {PRECISIONS}"
+        )
+    if config.forward not in FORWARDS:
+        raise TrainingInputError(f"unknown forward {config.forward!r}; expected one of {FORWARDS}")
+    if config.lora_top_layers is not None and (
+        not isinstance(config.lora_top_layers, int) or config.lora_top_layers < 1
+    ):
+        raise TrainingInputError(
+            f"lora_top_layers must be an integer >= 1, got {config.lora_top_layers!r}"
+        )
     if config.schedule not in SCHEDULES:
         raise TrainingInputError(
             f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}"
@@ -110,6 +123,16 @@ def check_lora_targets(model: Any, targets: list[str]) -> None:
             f"unknown LoRA target module(s) {missing} for this model; its linear layers are "
             f"{known} (or use all-linear)"
         )
+
+
+def lora_layers(model: Any, top: int | None) -> dict[str, Any]:
+    """PEFT arguments that put LoRA on the upper ``top`` layers only (all layers: none)."""
+    if top is None:
+        return {}
+    count = getattr(model.config, "num_hidden_layers", None)
+    if count is None or top > count:
+        raise TrainingInputError(f"lora_top_layers={top}, but the model has {count} layers")
+    return {"layers_to_transform": list(range(count - top, count)), "layers_pattern": "layers"}
 
 
 def _check_output(config: TrainConfig) -> Path:
@@ -204,6 +227,7 @@ def prepare(config: TrainConfig) -> Prepared:
         lora_dropout=config.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
         task_type="CAUSAL_LM",
+        **lora_layers(model, config.lora_top_layers),
     )
     if config.init_adapter:
         model = PeftModel.from_pretrained(model.train(), config.init_adapter, is_trainable=True)
@@ -227,7 +251,8 @@ def prepare(config: TrainConfig) -> Prepared:
 
 
 class LayoutTrainer(Trainer):
-    """``Trainer`` with token-budget batches of the layout dataset and dev BLEU in ``evaluate``."""
+    """``Trainer`` with token-budget batches of the layout dataset, the fast loss
+    (:mod:`.forward`), CPU bfloat16 autocast for training steps, and dev BLEU in ``evaluate``."""
 
     def __init__(
         self,
@@ -235,6 +260,9 @@ class LayoutTrainer(Trainer):
         batch_tokens: int,
         max_batch_size: int | None = None,
         dev_eval: DevEvaluator | None = None,
+        forward: str = "fast",
+        cpu_bf16: bool = False,
+        meter: ThroughputMeter | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -243,6 +271,40 @@ class LayoutTrainer(Trainer):
             max_batch_size,
             dev_eval,
         )
+        self.forward = forward if supports_fast_forward(self.model) else "plain"
+        self.cpu_bf16, self.meter = cpu_bf16, meter
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        """The loss of ``model(**inputs)``, by the configured forward (equal in float32).
+
+        Training steps on the CPU run under bfloat16 autocast when asked; evaluation
+        stays in the weights' dtype, so dev losses compare across precisions.
+        """
+        training = model.training
+        if training and self.meter is not None:
+            self.meter.count_batch(len(inputs["input_ids"]), int((inputs["labels"] != -100).sum()))
+        if self.forward == "plain" or return_outputs or self.label_smoother is not None:
+            with self._autocast(training):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self.model_accepts_loss_kwargs:
+            num_items_in_batch = None  # as the plain path: a per-batch mean
+        with self._autocast(training):
+            return fast_loss(model, inputs, num_items_in_batch, share_prefix=self.forward == "fast")
+
+    def _autocast(self, training: bool) -> Any:
+        enabled = self.cpu_bf16 and training
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self.meter is not None:
+            logs = {**logs, **self.meter.rates()}
+        super().log(logs, *args, **kwargs)
 
     def _loader(self, dataset: LayoutDataset, shuffle: bool) -> torch.utils.data.DataLoader:
         sampler = TokenBudgetBatchSampler(
@@ -308,7 +370,8 @@ def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
         save_steps=config.save_every if config.save_every > 0 else 500,
         save_total_limit=2,
         seed=config.seed,
-        bf16=config.bf16,
+        bf16=resolve_precision(config.precision, "cuda") == "bfloat16"
+        and torch.cuda.is_available(),
         report_to="none",
         remove_unused_columns=False,  # keep position_ids: PeftModel.forward does not name them
         label_names=["labels"],
@@ -337,6 +400,10 @@ def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
         batch_tokens=config.batch_tokens,
         max_batch_size=config.max_batch_size,
         dev_eval=prepared.dev_eval,
+        forward=config.forward,
+        cpu_bf16=not torch.cuda.is_available()
+        and resolve_precision(config.precision, "cpu") == "bfloat16",
+        meter=meter,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -368,7 +435,14 @@ def train(config: TrainConfig) -> TrainResult:
     history = trainer.state.log_history
     steps = trainer.state.global_step
     meta = adapter_meta(prepared, steps, history, final, meter)
+    meta["training"].update(meter.rates())
     meta["training"]["planned_steps"] = trainer.state.max_steps
+    meta["training"]["forward"] = trainer.forward  # what ran ("plain" where unsupported)
+    meta["training"]["precision"] = (
+        "bfloat16" if trainer.cpu_bf16 or trainer.args.bf16 else "float32"
+    )
+    meta["training"]["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    meta["training"]["threads"] = torch.get_num_threads()
     # only the TimeLimit callback ends a run before its planned steps
     meta["training"]["stopped_by_time_limit"] = steps < trainer.state.max_steps
     write_adapter_meta(out, meta)
