@@ -30,6 +30,14 @@ MAX_WORD_TOKENS = 16
 # token is predicted from a copy of the last target token (docs/design.md)
 DEFAULT_REFEED = True  # tokens of one target word before the word is cut
 
+# -- a talk: live input cut into sentences (segmentation.py, server/talk.py) -----------
+SEGMENTATIONS: tuple[str, ...] = ("client", "auto")  # who ends a sentence: commit or server
+DEFAULT_SEGMENTATION = "client"
+MAX_SENTENCE_WORDS = 60  # auto: a sentence with this many source words is cut there
+SENTENCE_PAUSE = 2.0  # auto: seconds without input that end the sentence in progress
+TALK_SENTENCES_IN_FLIGHT = 3  # sentences of one connection translating at once
+MAX_APPEND_CHARS = 10_000  # characters in one input_text.append (and in a word)
+
 
 def target_token_limit(source_tokens: int, cap: int | None = None) -> int:
     """Most target tokens for a source: ``cap`` if set, else twice the source + 16."""

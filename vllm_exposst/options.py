@@ -13,8 +13,12 @@ from .defaults import (
     DEFAULT_MODE,
     DEFAULT_POLICY,
     DEFAULT_REFEED,
+    DEFAULT_SEGMENTATION,
     DEFAULT_SLOT_LEN,
+    MAX_SENTENCE_WORDS,
     MODES,
+    SEGMENTATIONS,
+    SENTENCE_PAUSE,
     SOURCE_LANG,
     TARGET_LANG,
 )
@@ -39,6 +43,10 @@ class TranslationSettings:
     slot_len: int = DEFAULT_SLOT_LEN
     mode: str = DEFAULT_MODE
     refeed: bool = DEFAULT_REFEED  # the refeed rule (exposst mode; docs/design.md)
+    # a talk (server/talk.py): who ends sentences, and the server's cuts in "auto"
+    segmentation: str = DEFAULT_SEGMENTATION  # "client" (commit) or "auto" (segmentation.py)
+    max_sentence_words: int | None = MAX_SENTENCE_WORDS  # None: no cap
+    sentence_pause: float | None = SENTENCE_PAUSE  # None: a pause ends nothing
 
     def validate(self) -> Policy:
         """The parsed policy, or :class:`SettingError` on the first bad value."""
@@ -54,7 +62,24 @@ class TranslationSettings:
             raise SettingError("mode", f"must be one of {MODES}, got {self.mode!r}")
         if not isinstance(self.refeed, bool):
             raise SettingError("refeed", f"must be true or false, got {self.refeed!r}")
+        self._validate_segmentation()
         return policy
+
+    def _validate_segmentation(self) -> None:
+        if self.segmentation not in SEGMENTATIONS:
+            raise SettingError(
+                "segmentation", f"must be one of {SEGMENTATIONS}, got {self.segmentation!r}"
+            )
+        words = self.max_sentence_words
+        if words is not None and (not isinstance(words, int) or isinstance(words, bool)):
+            raise SettingError("max_sentence_words", f"must be an integer >= 1, got {words!r}")
+        if words is not None and words < 1:
+            raise SettingError("max_sentence_words", f"must be an integer >= 1, got {words!r}")
+        pause = self.sentence_pause
+        if pause is not None and (
+            not isinstance(pause, int | float) or isinstance(pause, bool) or not pause > 0
+        ):
+            raise SettingError("sentence_pause", f"must be seconds > 0 (or null), got {pause!r}")
 
 
 @dataclass

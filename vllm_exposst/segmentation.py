@@ -141,7 +141,7 @@ class SentenceSplitter:
     """
 
     def __init__(self, language: str = "English", max_words: int | None = None) -> None:
-        self.rules = Rules(language)
+        self.language, self.rules = language, Rules(language)
         self.max_words = max_words
         self.words = 0  # words in the sentence in progress
         self.undecided = False  # the last word ends the sentence if the next is upper-case
@@ -164,6 +164,11 @@ class SentenceSplitter:
         elif verdict == ASK_NEXT:
             self.undecided = True
         return out
+
+    def restart_with_last_word(self) -> None:
+        """The caller cut the sentence before the word just pushed (at the position
+        limit): that word, if its sentence is still open, is now the first of one."""
+        self.words = min(self.words, 1)
 
     def flush(self, reason: str) -> list[SentenceEnd]:
         """End the sentence in progress, if any (an undecided stop counts as punctuation)."""

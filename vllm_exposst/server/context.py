@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..defaults import target_token_limit
 from ..engine import SessionConfig, SessionTooLong, SimulEngine, UnknownModelError
 
 # request keys that select how a sentence is translated (``simul`` object, session.update)
-SIMUL_KEYS = ("policy", "slot_len", "mode", "source_lang", "target_lang", "refeed")
+SIMUL_KEYS = (
+    "policy",
+    "slot_len",
+    "mode",
+    "source_lang",
+    "target_lang",
+    "refeed",
+    "segmentation",
+    "max_sentence_words",
+    "sentence_pause",
+)
 
 
 @dataclass
@@ -48,6 +60,23 @@ class ServerContext:
                 f"the source needs {needed} positions before any target token; "
                 f"positions must stay below {self.engine.max_model_len} (max_model_len)"
             )
+
+    def source_token_budget(self, config: SessionConfig) -> int:
+        """Most source tokens a sentence may have so that no token of it can reach the
+        position limit: prefix, every source slot full size, header, and the most target
+        tokens the engine allows for that source (``target_token_limit``)."""
+        template = self.engine.template(config)
+        room = self.engine.max_model_len - template.prefix_len - template.header_len
+        budget = 0
+        while _positions(budget + 1, config) <= room:
+            budget += 1
+        return budget
+
+
+def _positions(source_tokens: int, config: SessionConfig) -> int:
+    """Positions a sentence's source and target take at most (slots rounded up)."""
+    slots = max(1, math.ceil(source_tokens / config.slot_len)) * config.slot_len
+    return slots + target_token_limit(source_tokens, config.max_target_tokens)
 
 
 async def create_context(engine_client: Any, state: Any) -> ServerContext:

@@ -1,17 +1,20 @@
 """``/v1/simul/realtime``: live sessions over WebSocket, events after the OpenAI Realtime API.
 
 Client events: ``session.update`` ({"session": {model, policy, slot_len, mode,
-source_lang, target_lang}}), ``input_text.append`` ({"text": ...}, any amount of
-text; partial words wait for a space or the commit), ``input_text.commit`` (the
-source is complete) and ``session.close``.  Server events: ``session.created``,
-``session.updated``, ``response.output_text.delta`` (``delta``,
-``source_words_read``, ``time`` since the sentence started, ``timestamp``),
-``input_text.waiting`` (``source_words_read``, ``timestamp``: the session has
-written everything it will write for the source so far and waits for more; sent
-once each time it comes to wait, after the deltas before it),
-``response.output_text.done`` (``text``, ``delays``, ``elapsed_ms``,
-``tokens_computed``) and ``error`` ({"error": {type, code, message}}).  A new
-source after ``done`` starts a fresh sentence.
+source_lang, target_lang, refeed, segmentation, max_sentence_words,
+sentence_pause}}), ``input_text.append`` ({"text": ...}, any amount of text up to
+``MAX_APPEND_CHARS``; partial words wait for a space or the sentence's end),
+``input_text.commit`` (end the sentence in progress) and ``session.close``.
+Server events: ``session.created``, ``session.updated``,
+``response.output_text.delta`` (``sentence``, ``delta``, ``source_words_read``,
+``time`` since the sentence started, ``timestamp``), ``input_text.waiting``
+(``sentence``, ``source_words_read``, ``timestamp``: the sentence has written
+everything it will write for the source so far and waits for more; sent once each
+time it comes to wait, after the deltas before it), ``response.output_text.done``
+(``sentence``, ``text``, ``delays``, ``elapsed_ms``, ``tokens_computed``, ``source``,
+``end``) and ``error`` ({"error": {type, code, message, ...}}, with ``sentence`` when
+one sentence failed).  The connection's input is a talk (:mod:`.talk`): sentences in
+sequence, cut by the client's commits or by the server (``segmentation: auto``).
 """
 
 from __future__ import annotations
@@ -19,68 +22,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from ..engine import Session, SessionRejected, TargetPiece
-from ..prompts import split_words
+from ..defaults import MAX_APPEND_CHARS
+from ..engine import SessionRejected, TargetPiece
 from . import metrics
 from .context import SIMUL_KEYS, ServerContext
 from .errors import ApiError, api_error
+from .talk import COMMIT, Sentence, Talk
 
-
-@dataclass
-class Sentence:
-    """The sentence in progress: its session and the source words it was given."""
-
-    session: Session
-    words: int = 0  # complete source words pushed
-    partial: str = ""  # text after the last whitespace: a word still arriving
-    # set when the source changed (a word completed, or the commit): the session may
-    # write again, and then wait again
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def push(self, text: str) -> None:
-        await self.session.push(text)
-        combined = self.partial + text  # counted as Session.push counts
-        words = split_words(combined)
-        self.partial = words.pop() if combined and not combined[-1].isspace() and words else ""
-        if words:
-            self.words += len(words)
-            self.changed.set()
-
-    async def finish(self) -> None:
-        await self.session.finish()
-        self.changed.set()
+# control characters other than tab, line feed and carriage return; lone surrogates
+BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class RealtimeConnection:
-    """One client: its settings, the sentence in progress, and ordered sends."""
+    """One client: its settings, its talk (sentences in sequence), and ordered sends."""
 
     def __init__(self, websocket: WebSocket, context: ServerContext) -> None:
         self.ws, self.context = websocket, context
         self.id = f"sess_{uuid.uuid4().hex[:16]}"
         self.settings: dict[str, Any] = {}
-        self.sentence: Sentence | None = None
-        self.forwarder: asyncio.Task | None = None
+        self.talk = Talk(self._open_sentence, self.describe())
         self.lock = asyncio.Lock()
 
     async def send(self, event: dict[str, Any]) -> None:
         async with self.lock:
             await self.ws.send_json(event)
 
-    async def send_error(self, exc: BaseException, event_type: str | None = None) -> None:
+    async def send_error(
+        self, exc: BaseException, event_type: str | None = None, sentence: int | None = None
+    ) -> None:
         error = api_error(exc)
         body = error.body()["error"]
         if error.status == 429:
             body["retry_after"] = 1
         if event_type:
             body["event_type"] = event_type
-        await self.send({"type": "error", "error": body})
+        event: dict[str, Any] = {"type": "error", "error": body}
+        if sentence is not None:
+            event["sentence"] = sentence
+        await self.send(event)
 
     def describe(self) -> dict[str, Any]:
         config = self.context.session_config(
@@ -104,26 +90,48 @@ class RealtimeConnection:
         previous, self.settings = self.settings, candidate
         try:
             described = self.describe()  # validates model and options
+            if self.talk.in_progress and described["segmentation"] != self.talk.segmentation:
+                raise ApiError(
+                    400,
+                    "segmentation changes between sentences: commit the sentence in progress first",
+                    code="sentence_in_progress",
+                    param="segmentation",
+                )
         except Exception:
             self.settings = previous
             raise
+        self.talk.configure(described)
         await self.send({"type": "session.updated", "session": described})
 
     async def on_append(self, event: dict[str, Any]) -> None:
         text = event.get("text")
         if not isinstance(text, str):
             raise ApiError(400, "input_text.append needs a string 'text'", param="text")
-        if self.sentence is None or self.sentence.session.ended:  # ended before the commit
-            await self._start_sentence()
-        await self.sentence.push(text)
+        if len(text) > MAX_APPEND_CHARS:
+            raise ApiError(
+                400,
+                f"an append has at most {MAX_APPEND_CHARS} characters, this one "
+                f"{len(text)}; nothing of it was used (send it in smaller pieces)",
+                code="input_too_large",
+                param="text",
+            )
+        bad = BAD_TEXT.search(text)
+        if bad:
+            raise ApiError(
+                400,
+                f"the text has a control character or a lone surrogate "
+                f"(U+{ord(bad.group()):04X} at {bad.start()}); nothing of it was used",
+                code="invalid_text",
+                param="text",
+            )
+        await self.talk.append(text)
 
     async def on_commit(self, event: dict[str, Any]) -> None:
-        if self.sentence is None:
+        if not await self.talk.end_sentence(COMMIT):
             raise ApiError(400, "nothing to commit: append source text first", code="empty_source")
-        sentence, self.sentence = self.sentence, None
-        await sentence.finish()
 
-    async def _start_sentence(self) -> None:
+    async def _open_sentence(self, index: int) -> Sentence:
+        """Sentence ``index``: its engine session, and a task sending its events."""
         config = self.context.session_config(
             self.settings.get("model"), {k: v for k, v in self.settings.items() if k in SIMUL_KEYS}
         )
@@ -133,13 +141,15 @@ class RealtimeConnection:
             metrics.SESSIONS_REJECTED.inc()
             raise
         metrics.ACTIVE_SESSIONS.inc()
-        self.sentence = Sentence(session)
-        self.forwarder = asyncio.ensure_future(self._forward(self.sentence))
+        sentence = Sentence(index, session, self.context.source_token_budget(config))
+        sentence.task = asyncio.ensure_future(self._forward(sentence))
+        return sentence
 
-    async def _send_delta(self, piece: TargetPiece) -> None:
+    async def _send_delta(self, sentence: Sentence, piece: TargetPiece) -> None:
         await self.send(
             {
                 "type": "response.output_text.delta",
+                "sentence": sentence.index,
                 "delta": piece.text,
                 "source_words_read": piece.source_words_read,
                 "time": round(piece.time, 4),
@@ -168,7 +178,7 @@ class RealtimeConnection:
                         piece = next_piece.result()
                     except StopAsyncIteration:
                         break
-                    await self._send_delta(piece)
+                    await self._send_delta(sentence, piece)
                     next_piece = asyncio.ensure_future(anext(pieces))
                 elif announced:  # the source changed since the last waiting event
                     announced = False
@@ -177,12 +187,13 @@ class RealtimeConnection:
                     # everything written for this source is queued by now: take it
                     # (before any await, so that the count and the pieces agree)
                     sentence.changed.clear()
-                    words, ready = sentence.words, session.pending_pieces()
+                    words, ready = len(sentence.words), session.pending_pieces()
                     for piece in ready:
-                        await self._send_delta(piece)
+                        await self._send_delta(sentence, piece)
                     await self.send(
                         {
                             "type": "input_text.waiting",
+                            "sentence": sentence.index,
                             "source_words_read": words,
                             "timestamp": time.time(),
                         }
@@ -199,38 +210,51 @@ class RealtimeConnection:
             await self.send(
                 {
                     "type": "response.output_text.done",
+                    "sentence": sentence.index,
                     "text": result.text,
                     "delays": result.delays,
                     "elapsed_ms": [round(1000 * t, 1) for t in result.elapsed],
                     "tokens_computed": tokens,
+                    "source": sentence.source,
+                    "end": sentence.end or "target_limit",
                 }
             )
         except WebSocketDisconnect:
-            pass  # the client left; close() frees the session
+            self.talk.gone = True  # the client left; close() frees the sessions
         except Exception as exc:  # the session failed (or sending did: the client left)
-            with contextlib.suppress(Exception):
-                await self.send_error(exc)
+            try:
+                await self.send_error(exc, sentence=sentence.index)
+            except Exception:
+                self.talk.gone = True
         finally:
             for task in (next_piece, watch):
                 if task is not None and not task.done():
                     task.cancel()
             metrics.ACTIVE_SESSIONS.dec()
             await session.close()
+            await self.talk.sent(sentence)
 
     async def close(self) -> None:
         """Free everything this connection holds (also on a dropped connection)."""
-        if self.sentence is not None:
-            await self.sentence.session.abort()
-            self.sentence = None
-        if self.forwarder is not None and not self.forwarder.done():
-            self.forwarder.cancel()
-            with contextlib.suppress(BaseException):
-                await self.forwarder
+        await self.talk.close()
 
     async def wait_sentence(self) -> None:
-        if self.forwarder is not None:
-            with contextlib.suppress(BaseException):
-                await self.forwarder
+        """``session.close``: end the sentence in progress and send every sentence's end."""
+        await self.talk.finish()
+
+
+def frame_text(message: dict[str, Any]) -> str:
+    """A frame's text: text frames as they are, binary frames decoded as UTF-8."""
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    if message.get("text") is not None:
+        return message["text"]
+    try:
+        return (message.get("bytes") or b"").decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ApiError(
+            400, f"a binary frame that is not UTF-8 text: {err}", code="invalid_utf8"
+        ) from None
 
 
 HANDLERS = {
@@ -246,9 +270,9 @@ async def realtime(websocket: WebSocket, context: ServerContext) -> None:
     try:
         await connection.send({"type": "session.created", "session": connection.describe()})
         while True:
-            raw = await websocket.receive_text()
+            message = await websocket.receive()
             try:
-                event = json.loads(raw)
+                event = json.loads(frame_text(message))
                 if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                     raise ApiError(
                         400, "an event is a JSON object with a string 'type'", code="invalid_event"
