@@ -93,8 +93,12 @@ def write_test_set(folder, pairs) -> tuple:
     return folder / "test.en", folder / "test.de"
 
 
-def make_random_adapter(base_path, folder, seed: int, rank: int = 8):
-    """A PEFT LoRA adapter with random (non-zero) A and B, saved to ``folder``."""
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+EVERY_PROJECTION = (*ATTENTION, "gate_proj", "up_proj", "down_proj")  # as the project's adapter
+
+
+def make_random_adapter(base_path, folder, seed: int, rank: int = 8, modules=ATTENTION):
+    """A PEFT LoRA adapter with random (non-zero) A and B on ``modules``, saved to ``folder``."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -103,7 +107,7 @@ def make_random_adapter(base_path, folder, seed: int, rank: int = 8):
     config = LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        target_modules=list(modules),
         init_lora_weights=False,
     )
     get_peft_model(base, config).save_pretrained(folder)

@@ -17,7 +17,14 @@ from vllm_exposst.models import ENGLISH_WORDS
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
 
-from ..conftest import make_random_adapter, peft_model, random_sentence, start_engine
+from ..conftest import (
+    ATTENTION,
+    EVERY_PROJECTION,
+    make_random_adapter,
+    peft_model,
+    random_sentence,
+    start_engine,
+)
 
 pytestmark = pytest.mark.engine
 CAP = 24
@@ -294,8 +301,11 @@ def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_pat
     _, engine, model, tokenizer, path = served
     folder = tmp_path_factory.mktemp("adapters")
     oracles = {None: model}
-    for seed, name in enumerate(["adapter-a", "adapter-b"], 1):
-        adapter = make_random_adapter(path, folder / name, seed=seed)
+    # adapter-b covers the MLP too (gate_up's two slices, down); adapter-a's MLP slots are zero
+    for seed, (name, modules) in enumerate(
+        [("adapter-a", ATTENTION), ("adapter-b", EVERY_PROJECTION)], 1
+    ):
+        adapter = make_random_adapter(path, folder / name, seed=seed, modules=modules)
         engine.add_lora(name, str(adapter))
         oracles[name] = peft_model(path, adapter)
 
@@ -311,6 +321,29 @@ def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_pat
             plain = reference(model, template, *job)
             changed += plain.target_ids != result.target_ids
     assert changed > 0  # the adapters really change the output
+
+
+@pytest.mark.parametrize("served", ["llama"], indirect=True)  # the engine with LoRA on
+def test_one_adapter_for_every_session_equals_transformers_with_peft(
+    served, engine_loop, tmp_path_factory
+):
+    """Every session on one adapter (the grouped LoRA ops' single-matmul path) equals PEFT."""
+    _, engine, model, tokenizer, path = served
+    folder = tmp_path_factory.mktemp("adapters")
+    adapter = make_random_adapter(path, folder / "solo", seed=5, modules=EVERY_PROJECTION)
+    engine.add_lora("adapter-solo", str(adapter))
+    oracle = peft_model(path, adapter)
+    batch = jobs(seed=15, count=8)
+    for _, config in batch:
+        config.lora = "adapter-solo"
+    results = run_all(engine_loop, engine, batch)
+    template = template_for(tokenizer, batch[0][1])
+    for job, result in zip(batch, results):
+        assert_matches_reference(oracle, template, job, result)
+    assert any(
+        reference(model, template, *job).target_ids != r.target_ids
+        for job, r in zip(batch, results)
+    )  # the adapter really changes the output
 
 
 def test_word_by_word_driving_with_wait_idle(served, engine_loop):

@@ -51,12 +51,18 @@ LEDGER: tuple[Patch, ...] = (
         module="worker",
     ),
     Patch(
-        target="vllm.lora.ops.torch_ops.lora_ops.bgmv_{shrink,expand,expand_slice} "
+        target="vllm.lora.ops.torch_ops.lora_ops.{bgmv_shrink,bgmv_expand,bgmv_expand_slice,"
+        "sgmv_shrink,sgmv_expand,sgmv_expand_slice} "
         "(and their imports in vllm.lora.punica_wrapper.punica_cpu)",
-        why="vLLM 0.32's torch LoRA ops gather weights[-1] for tokens without an adapter, "
-        "so plain requests beside LoRA requests run someone else's adapter on CPU",
-        breaks_if="the ops' signatures change, or vLLM fixes the -1 index itself "
-        "(then this patch is redundant, not wrong)",
+        why="vLLM 0.32's torch LoRA ops (the CPU path) copy each token's adapter weights "
+        "and multiply token by token in every projection (a LoRA step costs about 2x a "
+        "merged one), and read index -1 as the last adapter slot, so plain requests beside "
+        "LoRA requests run someone else's adapter; the replacements group tokens by "
+        "adapter (one matmul per adapter present, a plain matmul when one adapter covers "
+        "the batch) and give -1 tokens zero. A candidate to offer upstream",
+        breaks_if="the ops' signatures or the prefill metadata (seq starts, lengths, "
+        "per-run indices from compute_meta) change, PunicaWrapperCPU stops looking the "
+        "ops up by these names, or vLLM fixes both itself (then redundant, not wrong)",
         module="lora_cpu",
     ),
     Patch(
