@@ -42,3 +42,11 @@ MAX_APPEND_CHARS = 10_000  # characters in one input_text.append (and in a word)
 def target_token_limit(source_tokens: int, cap: int | None = None) -> int:
     """Most target tokens for a source: ``cap`` if set, else twice the source + 16."""
     return cap or 2 * source_tokens + 16
+
+
+# -- listeners and subtitles (server/listeners.py, docs/api.md "Listeners") ----------
+LISTEN_HISTORY = 20  # finished sentences a listener gets when it joins mid-talk
+LISTEN_QUEUE = 1000  # events a listener may have unsent before it is dropped
+SUBTITLES_KEEP_SECONDS = 3600.0  # subtitles stay downloadable this long after the end
+SUBTITLES_MAX_SENTENCES = 5000  # finished sentences kept per session (older ones go)
+LISTEN_ENDED_SESSIONS = 64  # ended sessions whose subtitles are kept at most

@@ -15,11 +15,15 @@ from .defaults import (
     DEFAULT_REFEED,
     DEFAULT_SEGMENTATION,
     DEFAULT_SLOT_LEN,
+    LISTEN_HISTORY,
+    LISTEN_QUEUE,
     MAX_SENTENCE_WORDS,
     MODES,
     SEGMENTATIONS,
     SENTENCE_PAUSE,
     SOURCE_LANG,
+    SUBTITLES_KEEP_SECONDS,
+    SUBTITLES_MAX_SENTENCES,
     TARGET_LANG,
 )
 from .policies import Policy, parse_policy
@@ -89,6 +93,10 @@ class ExposstOptions(TranslationSettings):
     max_sessions: int | None = None  # default: the engine's max_num_seqs
     session_max_tokens: int = 512  # KV reserved per session at admission
     idle_timeout: float | None = 300.0  # seconds without activity before a session is closed
+    listen_history: int = LISTEN_HISTORY  # finished sentences a late listener gets
+    listen_queue: int = LISTEN_QUEUE  # events a listener may lag before it is dropped
+    subtitles_keep: float = SUBTITLES_KEEP_SECONDS  # seconds subtitles outlive a session
+    subtitles_max_sentences: int = SUBTITLES_MAX_SENTENCES  # kept per session
 
     def __post_init__(self) -> None:
         def fail(key: str, what: str) -> None:
@@ -106,6 +114,14 @@ class ExposstOptions(TranslationSettings):
             fail("max_sessions", "must be an integer >= 1")
         if not isinstance(self.session_max_tokens, int) or self.session_max_tokens < 1:
             fail("session_max_tokens", "must be an integer >= 1")
+        for key in ("listen_history", "listen_queue", "subtitles_max_sentences"):
+            value = getattr(self, key)
+            low = 0 if key == "listen_history" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                fail(key, f"must be an integer >= {low}")
+        keep = self.subtitles_keep
+        if not isinstance(keep, int | float) or isinstance(keep, bool) or keep < 0:
+            fail("subtitles_keep", "must be a number of seconds >= 0")
         if self.idle_timeout is not None and (
             not isinstance(self.idle_timeout, int | float) or self.idle_timeout <= 0
         ):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..defaults import target_token_limit
 from ..engine import SessionConfig, SessionTooLong, SimulEngine, UnknownModelError
+from .listeners import ListenerRegistry, ListenSettings
 
 # request keys that select how a sentence is translated (``simul`` object, session.update)
 SIMUL_KEYS = (
@@ -27,6 +28,8 @@ SIMUL_KEYS = (
 class ServerContext:
     engine: SimulEngine
     served_models: list[str]
+    # speakers' sessions as their listeners see them (listeners.py)
+    listeners: ListenerRegistry = field(default_factory=lambda: ListenerRegistry(ListenSettings()))
 
     def session_config(self, model: str | None, simul: dict[str, Any] | None) -> SessionConfig:
         """Validate a request's model and ``simul`` options into a session config."""
@@ -86,4 +89,5 @@ async def create_context(engine_client: Any, state: Any) -> ServerContext:
     tokenizer = AutoTokenizer.from_pretrained(vllm_config.model_config.tokenizer)
     models = state.openai_serving_models
     engine = SimulEngine(engine_client, tokenizer, lora_requests=models.lora_requests)
-    return ServerContext(engine, [path.name for path in models.base_model_paths])
+    listeners = ListenerRegistry(ListenSettings.from_options(engine.options))
+    return ServerContext(engine, [path.name for path in models.base_model_paths], listeners)

@@ -49,9 +49,11 @@ class RealtimeConnection:
         self.settings: dict[str, Any] = {}
         self.talk = Talk(self._open_sentence, self.describe())
         self.lock = asyncio.Lock()
+        self.hub = context.listeners.open(self.id)  # its listeners (listeners.py)
 
     async def send(self, event: dict[str, Any]) -> None:
         async with self.lock:
+            self.hub.publish(event)  # to the listeners too, in the same order (never waits)
             await self.ws.send_json(event)
 
     async def send_error(
@@ -142,6 +144,7 @@ class RealtimeConnection:
             raise
         metrics.ACTIVE_SESSIONS.inc()
         sentence = Sentence(index, session, self.context.source_token_budget(config))
+        sentence.on_word = self.hub.source_word  # listeners see the source as it arrives
         sentence.task = asyncio.ensure_future(self._forward(sentence))
         return sentence
 
@@ -268,7 +271,8 @@ async def realtime(websocket: WebSocket, context: ServerContext) -> None:
     await websocket.accept()
     connection = RealtimeConnection(websocket, context)
     try:
-        await connection.send({"type": "session.created", "session": connection.describe()})
+        session = {**connection.describe(), "listen_token": connection.hub.token}
+        await connection.send({"type": "session.created", "session": session})
         while True:
             message = await websocket.receive()
             try:
@@ -305,5 +309,6 @@ async def realtime(websocket: WebSocket, context: ServerContext) -> None:
         pass
     finally:
         await connection.close()
+        context.listeners.close(connection.hub)  # listeners get session.ended; token revoked
         with contextlib.suppress(Exception):
             await websocket.close()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket
 
 from .chat import chat_completions
 from .context import ServerContext, create_context
+from .listen import listen, page, subtitles
 from .realtime import realtime
 
 
@@ -34,11 +35,33 @@ class ExposstRoutes:
             context = self._context()
             stats = await context.engine.stats()
             engine = context.engine
-            return {**stats, "open_sessions": len(engine.sessions), "dtype": engine.dtype}
+            return {
+                **stats,
+                "open_sessions": len(engine.sessions),
+                "dtype": engine.dtype,
+                **context.listeners.stats(),
+            }
 
         @router.websocket("/v1/simul/realtime")
         async def simul_realtime(websocket: WebSocket):
             await realtime(websocket, self._context())
+
+        # listeners: outside /v1, so a listen token (not the API key) opens them
+        @router.websocket("/simul/listen")
+        async def simul_listen(websocket: WebSocket):
+            await listen(websocket, self._context().listeners)
+
+        @router.get("/simul/subtitles/{name}")
+        async def simul_subtitles(name: str, token: str | None = None, track: str = "translation"):
+            return subtitles(self._context().listeners, name, token, track)
+
+        @router.get("/simul/captions")
+        async def simul_captions():
+            return page("captions")
+
+        @router.get("/simul/captions.js")
+        async def simul_captions_js():
+            return page("captions.js")
 
         app.include_router(router)
 

@@ -51,6 +51,7 @@ class Sentence:
     # again, and then wait again
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None  # sends its events (server/realtime.py)
+    on_word: Callable[[int, str], None] | None = None  # told each word (the listeners)
 
     @property
     def source(self) -> str:
@@ -64,6 +65,8 @@ class Sentence:
     async def push(self, word: str, tokens: int) -> None:
         await self.session.push(word + " ")
         self.words.append(word)
+        if self.on_word is not None:
+            self.on_word(self.index, word)
         self.tokens += tokens
         self.changed.set()
 
