@@ -94,9 +94,9 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="auto",
-        help="auto: bfloat16 autocast on a CPU with avx512_bf16 or AMX, float32 elsewhere "
-        "(on CUDA float32); bfloat16 / float32 force either (default: %(default)s)",
+        default="float32",
+        help="float32, bfloat16 (autocast on the CPU, mixed precision on CUDA), or auto: "
+        "bfloat16 on a CPU with avx512_bf16 or AMX, float32 elsewhere (default: %(default)s)",
     )
     opt.add_argument(
         "--bf16",
@@ -139,6 +139,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an adapter in --output")
     run.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations")
     run.add_argument("--eval-sentences", type=int, default=100, help="dev pairs to use")
+    run.add_argument(
+        "--eval-decode",
+        type=int,
+        help="of those, how many to decode for dev BLEU (default: all; 0: dev loss only, "
+        "as the reference decoder is slow on a CPU)",
+    )
     run.add_argument("--save-every", type=int, default=500, help="checkpoint interval; 0: none")
     run.add_argument(
         "--save-dtype",
@@ -204,6 +210,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overwrite=args.overwrite,
         eval_every=args.eval_every,
         eval_sentences=args.eval_sentences,
+        eval_decode=args.eval_decode,
         save_every=args.save_every,
         log_every=args.log_every,
         precision=args.precision,

@@ -61,9 +61,10 @@ class TrainConfig:
     overwrite: bool = False
     eval_every: int = 500  # steps; 0: only at the end (when dev pairs are given)
     eval_sentences: int = 100  # dev pairs used for dev loss and decoding
+    eval_decode: int | None = None  # dev pairs decoded for BLEU (None: all; 0: dev loss only)
     save_every: int = 500  # checkpoint interval in steps; 0: none
     log_every: int = 10
-    precision: str = "auto"  # auto | float32 | bfloat16 (training.forward.resolve_precision)
+    precision: str = "float32"  # or auto | bfloat16 (training.forward.resolve_precision)
     forward: str = "fast"  # fast | label-head | plain (training.forward; plain = model(**batch))
     lora_top_layers: int | None = None  # LoRA only on the upper N layers (backward stops there)
     max_minutes: float | None = None  # stop (and save) after this much training time

@@ -104,6 +104,8 @@ def check_options(config: TrainConfig) -> None:
         raise TrainingInputError("all-linear already names every linear layer: give it alone")
     if config.max_pairs is not None and config.max_pairs < 1:
         raise TrainingInputError(f"max_pairs must be >= 1, got {config.max_pairs}")
+    if config.eval_decode is not None and config.eval_decode < 0:
+        raise TrainingInputError(f"eval_decode must be >= 0, got {config.eval_decode}")
     for name in ("eval_every", "save_every"):
         if getattr(config, name) < 0:
             raise TrainingInputError(f"{name} must be >= 0, got {getattr(config, name)}")
@@ -217,7 +219,9 @@ def prepare(config: TrainConfig) -> Prepared:
     if dev_pairs:
         dev_policies = sample_policies(mix, len(dev_pairs), config.seed + 1)
         dev_set = build_dataset(template, dev_pairs, dev_policies, **build)
-        dev_eval = DevEvaluator(template, dev_pairs, inference, config.layout, config.slot_len)
+        decoded = dev_pairs[: config.eval_decode] if config.eval_decode is not None else dev_pairs
+        if decoded:
+            dev_eval = DevEvaluator(template, decoded, inference, config.layout, config.slot_len)
 
     set_seed(config.seed)
     targets = config.lora_targets
