@@ -30,6 +30,20 @@ from . import replace
 Groups = list[tuple[int, slice | torch.Tensor]]
 
 
+# The groups of the last index tensor seen, by value: every projection of every layer
+# of one step asks for the same grouping, so the row tensors are built once a step.
+_last: dict[str, tuple[Any, Groups]] = {}
+
+
+def _remembered(kind: str, key: Any, build: Any) -> Groups:
+    cached = _last.get(kind)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    groups = build()
+    _last[kind] = (key, groups)
+    return groups
+
+
 def _token_groups(indices: torch.Tensor) -> Groups:
     """Group the rows of a per-token adapter index tensor (``-1``: no adapter)."""
     values = indices.tolist()
@@ -37,6 +51,10 @@ def _token_groups(indices: torch.Tensor) -> Groups:
     first = values[0] if values else -1
     if values.count(first) == count:  # one adapter (or none) for every token
         return [(first, slice(0, count))] if first >= 0 and count else []
+    return _remembered("tokens", (indices.device, values), lambda: _split(indices, values))
+
+
+def _split(indices: torch.Tensor, values: list[int]) -> Groups:
     groups: Groups = []
     for adapter in sorted(set(values)):
         if adapter < 0:
@@ -51,8 +69,15 @@ def _token_groups(indices: torch.Tensor) -> Groups:
 
 def _segment_groups(starts: torch.Tensor, lengths: torch.Tensor, adapters: torch.Tensor) -> Groups:
     """Group the runs of the sgmv metadata (consecutive tokens sharing an adapter)."""
+    key = (starts.device, starts.tolist(), lengths.tolist(), adapters.tolist())
+    if len(key[3]) == 1:  # one run: no grouping to remember
+        return _runs(*key)
+    return _remembered("segments", key, lambda: _runs(*key))
+
+
+def _runs(device: torch.device, starts: list, lengths: list, adapters: list) -> Groups:
     runs: dict[int, list[int]] = {}
-    for start, length, adapter in zip(starts.tolist(), lengths.tolist(), adapters.tolist()):
+    for start, length, adapter in zip(starts, lengths, adapters):
         if adapter >= 0 and length > 0:
             runs.setdefault(adapter, []).extend((start, length))
     groups: Groups = []
@@ -61,7 +86,7 @@ def _segment_groups(starts: torch.Tensor, lengths: torch.Tensor, adapters: torch
             groups.append((adapter, slice(spans[0], spans[0] + spans[1])))
         else:
             rows = [row for s, n in zip(spans[::2], spans[1::2]) for row in range(s, s + n)]
-            groups.append((adapter, torch.tensor(rows, device=starts.device)))
+            groups.append((adapter, torch.tensor(rows, device=device)))
     return groups
 
 
@@ -106,7 +131,11 @@ def _apply(
         if isinstance(where, slice):
             _addmm(target[where], inputs[where], matrix, True, alpha)
         else:
-            target.index_add_(0, where, _scaled(inputs.index_select(0, where) @ matrix, alpha))
+            product = inputs.index_select(0, where) @ matrix
+            if dtype == torch.float32:
+                target.index_add_(0, where, product, alpha=alpha)
+            else:  # rounded before it is scaled, as in _addmm
+                target.index_add_(0, where, _scaled(product, alpha))
 
 
 def _addmm(
