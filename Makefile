@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup test test-fast test-scale-out demo lint format clean
+.PHONY: setup test test-fast test-scale-out test-browser demo lint format clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,12 @@ test-scale-out: setup
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
 		(apt-get update -qq && apt-get install -y -qq nginx-light)
 	EXPOSST_SCALE_OUT=1 $(PY) -m pytest -m scale_out tests/server/test_scale_out.py tests/server/test_data_parallel.py
+
+# The caption page in headless Chromium (docs/api.md "Listeners"); installs Debian's
+# chromium (root). `make test` runs it too where /usr/bin/chromium exists.
+test-browser: setup
+	@[ -x /usr/bin/chromium ] || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(PY) -m pytest -m browser tests/server/test_captions_page.py
 
 # Live simultaneous translation of examples/sentences.en (DEMO_MODEL=tiny-llama: CI form).
 demo: setup

@@ -100,6 +100,7 @@
     const base = location.pathname.replace(/captions$/, "");
     const url = `${scheme}//${location.host}${base}listen?session=${encodeURIComponent(session)}&token=${encodeURIComponent(token)}`;
     const ws = new WebSocket(url);
+    window.captionsSocket = ws; // for tests and the console: close() to try a reconnect
     let opened = false;
     ws.onopen = () => { opened = true; };
     ws.onmessage = (message) => handle(JSON.parse(message.data));

@@ -1,0 +1,110 @@
+"""The caption page in a real browser: headless Chromium (Debian's), driven by Playwright.
+
+A server on the tiny model, a speaker on its WebSocket, and the page opened with the
+session's listen token: the translations the speaker received must appear on the
+page, the source beside them, and again after the page's connection is dropped (it
+reconnects and gets the finished sentences replayed).  Skipped where
+``/usr/bin/chromium`` is missing; ``make test-browser`` installs it and runs this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from vllm_exposst import models
+
+from .test_listeners import SENTENCES, ListenServer, Speaker
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make test-browser` installs it"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_cache):
+    base = models.tiny_model("llama", model_cache)
+    srv = ListenServer(base, tmp_path_factory.mktemp("captions") / "serve.log")
+    yield srv
+    srv.stop()
+
+
+ROWS = """rows => rows.map(row => ({
+    sentence: Number(row.dataset.sentence),
+    text: row.querySelector('.text').textContent,
+    source: row.querySelector('.source').textContent,
+    live: row.classList.contains('live'),
+}))"""
+
+
+async def rows_when(page, count: int) -> list[dict]:
+    """The page's caption rows once ``count`` sentences are shown finished."""
+    await page.wait_for_function(
+        f"document.querySelectorAll('#captions .row:not(.live)').length >= {count}",
+        timeout=60_000,
+    )
+    return await page.eval_on_selector_all("#captions .row", ROWS)
+
+
+def test_the_caption_page_shows_what_the_speaker_got_and_reconnects(server, tmp_path):
+    from playwright.async_api import async_playwright
+
+    async def scenario():
+        async with async_playwright() as playwright, Speaker(server) as speaker:
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
+            page = await browser.new_page(viewport={"width": 1280, "height": 720})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            query = f"session={speaker.id}&token={speaker.token}&source=1&lines=10"
+            await page.goto(f"{server.url}/simul/captions?{query}")
+            await page.wait_for_function("document.getElementById('status').textContent === 'live'")
+            first = [await speaker.say(s) for s in SENTENCES[:3]]
+            shown = await rows_when(page, 3)
+            await page.screenshot(path=str(tmp_path / "captions.png"))
+            # drop the page's connection: it reconnects, the replay brings the rows back
+            await page.evaluate("window.captionsSocket.close()")
+            await page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('reconnecting')"
+            )
+            await page.wait_for_function("document.getElementById('status').textContent === 'live'")
+            later = await speaker.say(SENTENCES[3])
+            after = await rows_when(page, 4)
+            await browser.close()
+            return first, shown, later, after, errors
+
+    first, shown, later, after, errors = asyncio.run(scenario())
+    assert not errors
+    expected = [
+        {"sentence": i, "text": done["text"].strip(), "source": SENTENCES[i], "live": False}
+        for i, done in enumerate(first)
+    ]
+    assert shown == expected
+    assert all(row["text"] for row in shown)
+    # after the reconnect: listen_history (default 20) covers the first three
+    assert after == [
+        *expected,
+        {"sentence": 3, "text": later["text"].strip(), "source": SENTENCES[3], "live": False},
+    ]
+    if os.environ.get("EXPOSST_CAPTIONS_SCREENSHOT"):
+        Path(os.environ["EXPOSST_CAPTIONS_SCREENSHOT"]).write_bytes(
+            (tmp_path / "captions.png").read_bytes()
+        )
