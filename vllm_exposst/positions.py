@@ -18,7 +18,6 @@ after preemption and chunked prefill replay the same positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,29 +26,39 @@ import torch
 EXTRA_KEY = "exposst"
 
 
-@dataclass
 class PositionTable:
-    """Positions of one request's tokens, by physical index."""
+    """Positions of one request's tokens, by physical index.
 
-    known: list[int] = field(default_factory=list)
-    decode: int = 0
-    _array: np.ndarray | None = field(default=None, repr=False)  # ``known``, for lookups
+    Kept in a growing array (capacity doubles), so a chunk costs its own length and a
+    lookup its own tokens, however long the session has run."""
+
+    def __init__(self) -> None:
+        self.decode = 0
+        self._size = 0  # tokens with a known position
+        self._buffer = np.empty(0, dtype=np.int64)
+
+    @property
+    def known(self) -> np.ndarray:
+        """The positions of tokens ``0 .. len(known) - 1`` (a view, not a copy)."""
+        return self._buffer[: self._size]
 
     def update(self, start: int, positions: list[int], decode: int) -> None:
         """Tokens ``start...`` get ``positions``; tokens generated since the last chunk
         (indices between the known ones and ``start``) keep their decode positions."""
-        gap = start - len(self.known)
+        end = start + len(positions)
+        if end > len(self._buffer):
+            grown = np.empty(max(end, 2 * len(self._buffer), 64), dtype=np.int64)
+            grown[: self._size] = self._buffer[: self._size]
+            self._buffer = grown
+        gap = start - self._size
         if gap > 0:
-            self.known.extend(range(self.decode, self.decode + gap))
-        del self.known[start:]
-        self.known.extend(positions)
+            self._buffer[self._size : start] = np.arange(self.decode, self.decode + gap)
+        self._buffer[start:end] = positions
+        self._size = end
         self.decode = decode
-        self._array = None
 
     def lookup(self, indices: np.ndarray) -> np.ndarray:
-        if self._array is None:
-            self._array = np.asarray(self.known, dtype=np.int64)
-        known = self._array
+        known = self.known
         beyond = self.decode + (indices - len(known))
         if len(known) == 0:
             return beyond

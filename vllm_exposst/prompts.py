@@ -105,6 +105,37 @@ def word_starts(
     return starts
 
 
+class WordStarts:
+    """:func:`word_starts` of a growing token list, each token looked at once.
+
+    The scheduler asks after every step of a WRITE turn where the turn's words begin;
+    rescanning the turn each time costs its length squared, so this keeps the scan's
+    state (the current word's length) and the starts found, and :meth:`extend` reads
+    only the tokens added since.  ``tokens`` must extend the ones seen before.
+    """
+
+    def __init__(self, word_start: Sequence[bool], max_word_tokens: int, carried: int = 0):
+        self.word_start = word_start
+        self.max_word_tokens = max_word_tokens
+        self.starts: list[int] = []
+        self.seen = 0
+        self._length = carried
+
+    def extend(self, tokens: Sequence[int]) -> list[int]:
+        """The starts of ``tokens`` (which begin with the tokens seen so far)."""
+        word_start, cap = self.word_start, self.max_word_tokens
+        length = self._length
+        for index in range(self.seen, len(tokens)):
+            token = tokens[index]
+            if length and (length >= cap or (token < len(word_start) and word_start[token])):
+                self.starts.append(index)
+                length = 1
+            else:
+                length += 1
+        self._length, self.seen = length, max(self.seen, len(tokens))
+        return self.starts
+
+
 def word_delays(template: PromptTemplate, groups: list[tuple[list[int], int]]) -> list[int]:
     """Delay of every whitespace word of the decoded text, from per-group delays."""
     delays: list[int] = []

@@ -4,8 +4,9 @@ Sessions are vLLM streaming-input requests whose ``extra_args`` carry an ``expos
 entry.  On top of the base scheduler this class
 
 * ends a WRITE turn at a word boundary: a turn asks for ``words`` target words, and
-  the sampled token that begins the next one (:func:`~vllm_exposst.prompts.word_starts`)
-  stops it, so that token is the lookahead vLLM drops at the end of a streaming turn;
+  the sampled token that begins the next one (:func:`~vllm_exposst.prompts.word_starts`,
+  kept incrementally per turn) stops it, so that token is the lookahead vLLM drops at
+  the end of a streaming turn;
 * schedules a session's next chunk in the step after it arrives (READ priority):
   running prefills make room for it;
 * counts, per session, the tokens it really computed (recomputation included) and
@@ -27,7 +28,7 @@ from vllm.v1.request import RequestStatus
 
 from .options import ExposstOptions
 from .positions import exposst_args
-from .prompts import word_start_table, word_starts
+from .prompts import WordStarts, word_start_table
 from .switch import check_vllm_version
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class ExposstScheduler(Scheduler):
         # fail at start-up, with a clear message, on bad --additional-config values
         self.options = ExposstOptions.from_additional_config(self.vllm_config.additional_config)
         self._word_start: list[bool] | None = None
+        # per session in a WRITE turn: (the turn's sampling params, its word starts so far)
+        self._turn_words: dict[str, tuple[Any, WordStarts]] = {}
         self.session_tokens: dict[str, int] = {}
         self.finished_tokens: OrderedDict[str, int] = OrderedDict()
         self.total_blocks = self.kv_cache_manager.block_pool.num_gpu_blocks - 1
@@ -80,9 +83,7 @@ class ExposstScheduler(Scheduler):
         if stopped or not args or not new_token_ids or "words" not in args:
             return new_token_ids, stopped
         outputs = request.output_token_ids  # this turn's (vLLM clears them per chunk)
-        starts = word_starts(
-            outputs, self._word_start_table(), args["max_word_tokens"], args["carried"]
-        )
+        starts = self._turn_word_starts(request, args).extend(outputs)
         if len(starts) < args["words"]:
             return new_token_ids, False
         surplus = len(outputs) - starts[args["words"] - 1] - 1  # tokens after the lookahead
@@ -93,6 +94,18 @@ class ExposstScheduler(Scheduler):
             del request._all_token_ids[-surplus:]
             del new_token_ids[-surplus:]
         return new_token_ids, True
+
+    def _turn_word_starts(self, request, args: dict) -> WordStarts:
+        """The word starts of the request's current turn, scanned only where new.
+
+        A turn is one chunk's sampling params; a new chunk (or outputs shorter than
+        those scanned, which a turn never has) starts a fresh scan."""
+        params = request.sampling_params
+        turn = self._turn_words.get(request.request_id)
+        if turn is None or turn[0] is not params or turn[1].seen > len(request.output_token_ids):
+            words = WordStarts(self._word_start_table(), args["max_word_tokens"], args["carried"])
+            turn = self._turn_words[request.request_id] = (params, words)
+        return turn[1]
 
     # -- accounting and priority for sessions with new source -----------------
     @staticmethod
@@ -167,6 +180,7 @@ class ExposstScheduler(Scheduler):
     def _update_request_as_session(self, session, update) -> None:
         """A session's next chunk is in: note when, to measure how soon it runs."""
         super()._update_request_as_session(session, update)
+        self._turn_words.pop(session.request_id, None)  # its outputs start again
         if exposst_args(session.sampling_params) is not None:
             self.chunk_arrived[session.request_id] = self.schedule_calls
 
@@ -182,14 +196,17 @@ class ExposstScheduler(Scheduler):
             while len(self.finished_tokens) > FINISHED_STATS_KEPT:
                 self.finished_tokens.popitem(last=False)
         self.chunk_arrived.pop(request.request_id, None)
+        self._turn_words.pop(request.request_id, None)
         return super()._free_request(request, *args, **kwargs)
 
-    def exposst_stats(self) -> dict:
+    def exposst_stats(self, request_ids: list[str] | None = None) -> dict:
         """Counts for metrics and tests: sessions, blocks, chunk waits, tokens per session.
 
         ``chunks_scheduled`` counts a session's continuation chunks (new source or the
         next word) that have run; ``chunks_delayed`` those not scheduled by the first
         step after they arrived, ``chunk_wait_steps`` the steps they waited in all.
+        ``request_ids`` limits ``tokens_computed`` to those requests: a sentence's own
+        count costs the same after thousands of sentences as after one.
         """
         sessions = [
             r for r in self.requests.values() if exposst_args(r.sampling_params) is not None
@@ -205,5 +222,15 @@ class ExposstScheduler(Scheduler):
             "free_blocks": self.kv_cache_manager.block_pool.get_num_free_blocks(),
             **self.chunk_counts,
             "session_preemptions": self.session_preemptions,
-            "tokens_computed": {**self.finished_tokens, **self.session_tokens},
+            "tokens_computed": self._tokens_computed(request_ids),
         }
+
+    def _tokens_computed(self, request_ids: list[str] | None) -> dict[str, int]:
+        if request_ids is None:
+            return {**self.finished_tokens, **self.session_tokens}
+        counts = {}
+        for key in request_ids:
+            count = self.session_tokens.get(key, self.finished_tokens.get(key))
+            if count is not None:
+                counts[key] = count
+        return counts

@@ -58,3 +58,27 @@ def test_word_starts_cut_at_whitespace_tokens_and_at_the_word_cap():
     assert word_starts([1, 2], table, max_word_tokens=8, carried=1) == [0]
     assert word_starts([2, 2], table, max_word_tokens=2, carried=1) == [1]
     assert word_starts([], table, max_word_tokens=2) == []
+
+
+def test_incremental_word_starts_equal_the_full_rescan_on_random_streams():
+    """The scheduler's per-step scan (WordStarts) against word_starts over the whole
+    prefix, after every piece of random token streams (random word caps and carries)."""
+    import random
+
+    from vllm_exposst.prompts import WordStarts
+
+    rng = random.Random(22)
+    for _ in range(300):
+        vocab = rng.randint(2, 12)
+        table = [rng.random() < 0.4 for _ in range(vocab)]
+        cap, carried = rng.randint(1, 6), rng.randint(0, 5)
+        stream = [
+            rng.randrange(vocab + 2) for _ in range(rng.randint(0, 60))
+        ]  # ids past the table too
+        scan = WordStarts(table, cap, carried)
+        seen = 0
+        while seen < len(stream):
+            seen = min(len(stream), seen + rng.randint(1, 4))
+            expected = word_starts(stream[:seen], table, cap, carried)
+            assert scan.extend(stream[:seen]) == expected
+        assert scan.extend(stream) == word_starts(stream, table, cap, carried)

@@ -104,3 +104,41 @@ def test_the_stub_has_the_shape_of_vllms_v1_runner():
     assert "self.num_computed_tokens_cpu = self.num_computed_tokens_cpu_tensor.numpy()" in (
         batch_init
     )
+
+
+class _ListTable:
+    """The table as plain lists, rebuilt from scratch: the reference for PositionTable."""
+
+    def __init__(self) -> None:
+        self.known: list[int] = []
+        self.decode = 0
+
+    def update(self, start: int, positions: list[int], decode: int) -> None:
+        gap = start - len(self.known)
+        if gap > 0:
+            self.known.extend(range(self.decode, self.decode + gap))
+        del self.known[start:]
+        self.known.extend(positions)
+        self.decode = decode
+
+    def lookup(self, indices: np.ndarray) -> list[int]:
+        n = len(self.known)
+        return [self.known[i] if i < n else self.decode + i - n for i in indices.tolist()]
+
+
+def test_position_table_equals_a_list_rebuilt_every_chunk():
+    """Random sessions: chunks after generated tokens, rewinds (preemption), long runs."""
+    rng = np.random.default_rng(22)
+    for _ in range(50):
+        table, reference = PositionTable(), _ListTable()
+        length = 0
+        for _ in range(int(rng.integers(1, 40))):
+            start = int(rng.integers(0, length + 8))  # past the end: tokens generated since
+            positions = rng.integers(0, 500, int(rng.integers(0, 30))).tolist()
+            decode = int(rng.integers(0, 600))
+            table.update(start, positions, decode)
+            reference.update(start, positions, decode)
+            length = start + len(positions)
+            indices = rng.integers(0, length + 20, int(rng.integers(1, 40)))
+            assert table.lookup(indices).tolist() == reference.lookup(indices)
+            assert table.known.tolist() == reference.known
