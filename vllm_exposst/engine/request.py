@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..positions import EXTRA_KEY
-from .types import TurnStats
+from .types import SessionTooLong, TurnStats
 
 Sampled = list[tuple[int, float]]  # (token id, log-probability) per sampled token
 
@@ -59,7 +59,15 @@ class StreamRequest:
         """Send ``tokens`` as the next chunk and collect the turn's sampled tokens.
 
         ``on_sampled`` sees the tokens sampled so far after each engine output, so a
-        caller can pass on words before a long turn ends."""
+        caller can pass on words before a long turn ends.  A turn that could take the
+        request past ``max_model_len`` tokens (refeed copies count, positions aside) is
+        refused with :class:`SessionTooLong`: vLLM would fail the whole engine on it."""
+        limit = self.target.llm.vllm_config.model_config.max_model_len
+        if self.num_tokens + len(tokens) + max_tokens > limit:
+            raise SessionTooLong(
+                f"the session would hold {self.num_tokens + len(tokens) + max_tokens} tokens; "
+                f"the engine holds at most {limit} per request (max_model_len)"
+            )
         from vllm import SamplingParams
         from vllm.engine.protocol import StreamingInput
         from vllm.inputs import TokensPrompt

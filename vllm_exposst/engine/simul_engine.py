@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import math
 import time
+from collections import OrderedDict
 from typing import Any
 
 from ..adapter_meta import adapter_session_settings
@@ -23,6 +24,8 @@ from .types import (
     SessionTimeout,
     UnknownModelError,
 )
+
+TEMPLATES_KEPT = 64  # prompt templates cached (one per language pair and system prompt)
 
 
 class SimulEngine:
@@ -55,7 +58,9 @@ class SimulEngine:
         self.session_max_tokens = self.options.session_max_tokens
         self.idle_timeout = self.options.idle_timeout
         self.sessions: dict[str, Session] = {}
-        self._templates: dict[tuple, PromptTemplate] = {}
+        # prompts by (source_lang, target_lang, system_prompt): names clients choose, so
+        # the least recently used go once TEMPLATES_KEPT are held
+        self._templates: OrderedDict[tuple, PromptTemplate] = OrderedDict()
         self._lora: dict[str, Any] = lora_requests if lora_requests is not None else {}
         self._lora_ids = itertools.count(1000)
         for name, path in (lora_modules or {}).items():
@@ -128,21 +133,26 @@ class SimulEngine:
                 config.target_lang,
                 system_prompt=config.system_prompt,
             )
+            while len(self._templates) > TEMPLATES_KEPT:
+                self._templates.popitem(last=False)
+        self._templates.move_to_end(key)
         return self._templates[key]
 
-    async def stats(self) -> dict:
-        """Scheduler counts: sessions, KV blocks, tokens computed per request id.
+    async def stats(self, request_ids: list[str] | None = None) -> dict:
+        """Scheduler counts: sessions, KV blocks, tokens computed per request id (only
+        ``request_ids``' when given; else the last few thousand requests').
 
         With data parallelism (``--data-parallel-size N``) every engine core is asked
         and the counts are summed; ``engines`` then lists each engine's own counts."""
         client = self.llm.engine_core
+        args = () if request_ids is None else (list(request_ids),)
         if len(getattr(client, "core_engines", ())) > 1:
-            return merge_engine_stats(await client.call_utility_all_async("exposst_stats"))
-        return await client.call_utility_async("exposst_stats")
+            return merge_engine_stats(await client.call_utility_all_async("exposst_stats", *args))
+        return await client.call_utility_async("exposst_stats", *args)
 
     async def tokens_computed(self, request_ids: list[str]) -> int:
         """Tokens the engine really computed for these requests (recomputation included)."""
-        counts = (await self.stats())["tokens_computed"]
+        counts = (await self.stats(request_ids))["tokens_computed"]
         return sum(counts.get(request_id, 0) for request_id in request_ids)
 
     async def open(self, config: SessionConfig | None = None, **overrides: Any) -> Session:
@@ -200,11 +210,14 @@ class SimulEngine:
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
     async def _reap(self) -> None:
+        """Close sessions that wait for source and got none for ``idle_timeout`` s (a
+        session writing a long turn is busy, not idle, however long the turn takes)."""
         while self.sessions:
             await asyncio.sleep(min(self.idle_timeout, 1.0))
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                if now - session.last_activity > self.idle_timeout:
+                waited = now - session.last_activity
+                if session.waiting_for_source and waited > self.idle_timeout:
                     await session.abort(
                         SessionTimeout(
                             f"session idle for more than {self.idle_timeout:g} s; closed"

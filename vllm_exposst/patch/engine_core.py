@@ -20,11 +20,11 @@ def apply() -> None:
         return property(use_v2_model_runner)
 
     def stats_utility(_: Any) -> Any:
-        def exposst_stats(self: Any) -> dict:
+        def exposst_stats(self: Any, request_ids: list[str] | None = None) -> dict:
             stats = getattr(self.scheduler, "exposst_stats", None)
             if stats is None:
                 raise RuntimeError("ExPosST is not enabled in this engine (see --scheduler-cls)")
-            return stats()
+            return stats(request_ids)
 
         return exposst_stats
 

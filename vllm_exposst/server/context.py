@@ -65,21 +65,25 @@ class ServerContext:
             )
 
     def source_token_budget(self, config: SessionConfig) -> int:
-        """Most source tokens a sentence may have so that no token of it can reach the
-        position limit: prefix, every source slot full size, header, and the most target
-        tokens the engine allows for that source (``target_token_limit``)."""
+        """Most source tokens a sentence may have so that it can never reach the model's
+        limit (``max_model_len``), in positions or in tokens the engine holds: prefix,
+        header, the most target tokens the engine allows for that source
+        (``target_token_limit``), and the source with every slot full size (positions)
+        or with a refeed copy per source token and the lookahead (tokens held)."""
         template = self.engine.template(config)
         room = self.engine.max_model_len - template.prefix_len - template.header_len
         budget = 0
-        while _positions(budget + 1, config) <= room:
+        while _room_needed(budget + 1, config) <= room:
             budget += 1
         return budget
 
 
-def _positions(source_tokens: int, config: SessionConfig) -> int:
-    """Positions a sentence's source and target take at most (slots rounded up)."""
+def _room_needed(source_tokens: int, config: SessionConfig) -> int:
+    """Positions or held tokens, whichever is more, that a sentence's source and target
+    take at most besides the prefix and header."""
     slots = max(1, math.ceil(source_tokens / config.slot_len)) * config.slot_len
-    return slots + target_token_limit(source_tokens, config.max_target_tokens)
+    held = 2 * source_tokens + 1  # each source token, at most one refeed copy per READ
+    return max(slots, held) + target_token_limit(source_tokens, config.max_target_tokens)
 
 
 async def create_context(engine_client: Any, state: Any) -> ServerContext:

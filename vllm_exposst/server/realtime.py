@@ -129,7 +129,8 @@ class RealtimeConnection:
         await self.talk.append(text)
 
     async def on_commit(self, event: dict[str, Any]) -> None:
-        if not await self.talk.end_sentence(COMMIT):
+        ended = await self.talk.end_sentence(COMMIT)
+        if not ended and not self.talk.auto:  # auto: the server may have ended it already
             raise ApiError(400, "nothing to commit: append source text first", code="empty_source")
 
     async def _open_sentence(self, index: int) -> Sentence:

@@ -132,6 +132,9 @@ class Talk:
                 )
             for word in words:
                 await self._word(word)
+            # the pause counts from when the talk took the input: time spent waiting for
+            # room for the next sentence (back-pressure) is not the speaker's pause
+            self.last_input = time.monotonic()
         self._watch_pause()
 
     async def end_sentence(self, reason: str) -> bool:
