@@ -8,10 +8,12 @@ adapter slot, so plain requests batched beside LoRA requests run someone else's
 adapter (the GPU kernels skip ``-1``).
 
 The replacements below group the tokens by adapter and do one matrix product per
-adapter present (a plain matmul on a contiguous row range when one adapter's tokens
-are one run, which is every step with a single adapter); tokens with index ``-1``
-get a zero LoRA contribution. The arithmetic stays in the dtype vLLM's ops use (the
-output tensor's), so results equal theirs up to summation order.
+adapter present, written in place (one ``addmm`` into the output, no copy, when one
+adapter covers the batch, which is every step with a single adapter; rows gathered
+and scattered when adapters interleave); tokens with index ``-1`` get a zero LoRA
+contribution. The arithmetic stays in the dtype vLLM's ops use (the output
+tensor's; below float32 the product is rounded before it is added, as theirs is),
+so results equal theirs up to summation order.
 
 They are installed by the plugin but only take effect in a worker process of an
 engine that runs ExPosST (the worker patch calls :func:`activate`), so other vLLM
