@@ -92,7 +92,7 @@ def loss_and_grads(model, batch_list, loss_of) -> tuple[float, dict[str, torch.T
     for batch in batch_list:
         loss = loss_of(model, batch, items)
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return total, grads
 

@@ -295,7 +295,9 @@ def test_the_adapter_folder_and_exposst_json(cipher_run):
         "alpha": 32,
         "dropout": 0.0,
         "target_modules": config.lora_targets,
+        "layers_to_transform": None,  # every layer (--lora-top-layers not given)
     }
+    assert meta["training"]["forward"] == "fast" and meta["training"]["precision"] == "float32"
     assert meta["base_model"] == str(Path(config.model).resolve())
     assert session_defaults(meta) == {
         "policy": POLICY,
