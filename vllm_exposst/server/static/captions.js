@@ -8,12 +8,12 @@
   const session = params.get("session") || "";
   const token = params.get("token") || "";
   const maxRows = Math.max(1, parseInt(params.get("lines") || "3", 10) || 3);
-  const body = document.body;
+  const root = document.documentElement; // options as classes here, so html and body follow
   const box = document.getElementById("captions");
   const status = document.getElementById("status");
-  if (params.get("transparent") === "1") body.classList.add("transparent");
-  if (params.get("source") === "1") body.classList.add("with-source");
-  if (params.get("size")) document.documentElement.style.setProperty("--size", params.get("size"));
+  if (params.get("transparent") === "1") root.classList.add("transparent");
+  if (params.get("source") === "1") root.classList.add("with-source");
+  if (params.get("size")) root.style.setProperty("--size", params.get("size"));
 
   const sentences = new Map(); // index -> {source: [], text: "", done: bool}
   let ended = false;
