@@ -15,9 +15,9 @@ import sys
 
 from .. import models
 from ..defaults import DEFAULT_REFEED, DEFAULT_SLOT_LEN, TRAIN_MODES
+from .checks import SCHEDULES
 from .config import DEFAULT_TARGETS, FORWARDS, PRECISIONS, TrainConfig
 from .data import TrainingInputError
-from .trainer import SCHEDULES
 
 PROG = "exposst-train"
 
