@@ -254,6 +254,8 @@ def test_srt_parses_with_srt():
         assert [s.index for s in parsed] == list(range(1, len(expected) + 1))
         assert parsed[0].start.total_seconds() == 0.5 and parsed[0].end.total_seconds() == 2.25
         assert parsed[1].end.total_seconds() == 3661.5
+    reordered = list(srt.parse(to_srt([CUES[1], CUES[0]], "translation")))  # done out of order
+    assert [s.content for s in reordered] == ["ein Mann geht", "Tom & Jerry -> <i>"]
     assert to_srt([], "translation") == "" and list(srt.parse("")) == []
     assert webvtt.from_string(to_webvtt([], "translation")).captions == []
     with pytest.raises(ValueError, match="track"):

@@ -54,7 +54,8 @@ def _timed(cues: Iterable[Cue], track: str) -> list[tuple[Cue, float, float, lis
     if track not in TRACKS:
         raise ValueError(f"track must be one of {TRACKS}, got {track!r}")
     out = []
-    for cue in cues:
+    # sentences may finish out of order; a subtitle file lists cues by start time
+    for cue in sorted(cues, key=lambda cue: (cue.start, cue.sentence)):
         lines = _lines(cue, track)
         if lines:  # a sentence with nothing to show on this track has no cue
             out.append((cue, cue.start, max(cue.end, cue.start + MIN_CUE_SECONDS), lines))
