@@ -47,7 +47,7 @@ class RealtimeConnection:
         self.ws, self.context = websocket, context
         self.id = f"sess_{uuid.uuid4().hex[:16]}"
         self.settings: dict[str, Any] = {}
-        self.talk = Talk(self._open_sentence, self.describe())
+        self.talk = Talk(self._open_sentence, self.describe(), self.send_error)
         self.lock = asyncio.Lock()
         self.hub = context.listeners.open(self.id)  # its listeners (listeners.py)
 
