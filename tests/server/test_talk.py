@@ -503,3 +503,35 @@ def test_a_chat_sentence_past_the_engine_limit_fails_alone_and_the_server_keeps_
     assert reply.json()["choices"][0]["message"]["content"] == oracle(source).text
     stats = server.all_free()
     assert stats["free_blocks"] == stats["total_blocks"] and stats["open_sessions"] == 0, stats
+
+
+def test_chat_completions_with_auto_segmentation_translate_sentence_by_sentence(server, oracle):
+    from openai import OpenAI
+
+    rng = random.Random(13)
+    sources = [sentence_text(rng) for _ in range(4)]
+    refs = [oracle(source) for source in sources]
+    expected = " ".join(ref.text for ref in refs if ref.text)
+    client = OpenAI(base_url=f"{server.url}/v1/simul", api_key="unused")
+    simul = {"segmentation": "auto"}
+    messages = [{"role": "user", "content": " ".join(sources)}]
+    reply = client.chat.completions.create(
+        model=str(server.base), messages=messages, extra_body={"simul": simul}
+    )
+    assert reply.choices[0].message.content == expected
+    summary = reply.model_extra["simul"]
+    assert [s["source"] for s in summary["sentences"]] == sources
+    assert [s["text"] for s in summary["sentences"]] == [ref.text for ref in refs]
+    assert [s["end"] for s in summary["sentences"]] == ["punctuation"] * 4
+    offsets = [sum(len(s.split()) for s in sources[:i]) for i in range(4)]
+    shifted = [o + d for o, ref in zip(offsets, refs, strict=True) for d in ref.delays]
+    assert summary["delays"] == shifted  # source words of the whole text
+    assert summary["source_words"] == offsets[-1] + len(sources[-1].split())
+    stream = client.chat.completions.create(
+        model=str(server.base), messages=messages, extra_body={"simul": simul}, stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == expected
+    indices = [c.model_extra["simul"]["sentence"] for c in chunks[:-1]]
+    assert indices == sorted(indices) and set(indices) <= set(range(4))
+    assert chunks[-1].model_extra["simul"]["sentences"] == summary["sentences"]

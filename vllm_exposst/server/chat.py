@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine import Session, SessionRejected, SimulEngine
-from . import metrics
+from . import chat_talk, metrics
 from .context import ServerContext
 from .errors import ApiError, api_error
 
@@ -69,6 +69,9 @@ async def chat_completions(request: Request, context: ServerContext):
             if not isinstance(max_tokens, int) or max_tokens < 1:
                 raise ApiError(400, "max_tokens must be a positive integer", param="max_tokens")
             config.max_target_tokens = max_tokens
+        if config.segmentation == "auto":  # sentence by sentence (chat_talk.py)
+            parts = chat_talk.sentences(context, config, source)
+            return await _talk(request, context, config, parts, model, body.get("stream"))
         context.check_source_fits(config, source)
         session = await context.engine.open(config)
     except Exception as exc:  # every failure before streaming starts has a status
@@ -76,11 +79,7 @@ async def chat_completions(request: Request, context: ServerContext):
             metrics.SESSIONS_REJECTED.inc()
         return error_response(exc)
     metrics.ACTIVE_SESSIONS.inc()
-    meta = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "created": int(time.time()),
-        "model": model or context.served_models[0],
-    }
+    meta = _meta(context, model)
     if body.get("stream"):
         return StreamingResponse(
             _stream(context.engine, session, source, meta, config), media_type="text/event-stream"
@@ -189,4 +188,96 @@ async def _stream(
         metrics.ACTIVE_SESSIONS.dec()
         with contextlib.suppress(Exception):
             await session.close()
+    yield "data: [DONE]\n\n"
+
+
+def _meta(context: ServerContext, model: str | None) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "created": int(time.time()),
+        "model": model or context.served_models[0],
+    }
+
+
+# -- segmentation: auto (the text's sentences one after the other) ----------------------
+async def _talk(request: Request, context: ServerContext, config, parts, model, stream):
+    meta = _meta(context, model)
+    if stream:
+        return StreamingResponse(
+            _stream_talk(context, config, parts, meta), media_type="text/event-stream"
+        )
+    done: list[chat_talk.Translated] = []
+
+    async def run() -> None:
+        async for _, item in chat_talk.translate(context, config, parts):
+            if isinstance(item, chat_talk.Translated):
+                done.append(item)
+
+    work = asyncio.ensure_future(run())
+    try:
+        while not work.done():
+            if await request.is_disconnected():
+                work.cancel()  # the sentence in progress is closed by translate()
+                with contextlib.suppress(BaseException):
+                    await work
+                return JSONResponse({}, status_code=499)
+            await asyncio.wait({work}, timeout=0.1)
+        work.result()
+    except Exception as exc:
+        if isinstance(exc, SessionRejected):
+            metrics.SESSIONS_REJECTED.inc()
+        return error_response(exc)
+    source_tokens = sum(d.result.source_tokens_read for d in done)
+    target_tokens = sum(len(d.result.target_ids) for d in done)
+    return JSONResponse(
+        {
+            **meta,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": chat_talk.joined_text(done)},
+                    "finish_reason": _talk_finish_reason(done, config),
+                }
+            ],
+            "usage": {
+                "prompt_tokens": source_tokens,
+                "completion_tokens": target_tokens,
+                "total_tokens": source_tokens + target_tokens,
+            },
+            "simul": chat_talk.summary(done),
+        }
+    )
+
+
+def _talk_finish_reason(done: list[chat_talk.Translated], config) -> str:
+    reasons = {_finish_reason(d.result, config) for d in done}
+    return "length" if "length" in reasons else "stop"
+
+
+async def _stream_talk(context: ServerContext, config, parts, meta: dict) -> AsyncIterator[str]:
+    """SSE as for one sentence; each chunk's ``simul`` names its ``sentence``, and the
+    first text of a sentence after another's starts with a space."""
+    done: list[chat_talk.Translated] = []
+    first, wrote, space, last_index = True, False, False, -1
+    try:
+        async for index, item in chat_talk.translate(context, config, parts):
+            if isinstance(item, chat_talk.Translated):
+                done.append(item)
+                continue
+            text = item.text
+            if index != last_index:  # a new sentence: a space once something was written
+                last_index, space = index, wrote
+            if space and text.strip():
+                text, space = " " + text.lstrip(), False
+            wrote = wrote or bool(text.strip())
+            delta = {"content": text}
+            if first:
+                delta["role"] = "assistant"
+                first = False
+            simul = {"source_words_read": item.source_words_read, "sentence": index}
+            yield _chunk(meta, delta, None, simul)
+        yield _chunk(meta, {}, _talk_finish_reason(done, config), chat_talk.summary(done))
+    except Exception as exc:  # after the 200 header: the error travels in the stream
+        yield f"data: {json.dumps(api_error(exc).body())}\n\n"
     yield "data: [DONE]\n\n"

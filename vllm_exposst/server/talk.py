@@ -78,13 +78,17 @@ class Sentence:
 
 # opens the engine session of sentence ``index`` and starts sending its events
 Opener = Callable[[int], Awaitable[Sentence]]
+# reports what went wrong where no client event is waiting for an answer (the pause)
+ErrorSink = Callable[[BaseException], Awaitable[None]]
 
 
 class Talk:
     """The input side of a connection: words in, sentences out, in order."""
 
-    def __init__(self, open_sentence: Opener, settings: dict[str, Any]) -> None:
-        self.open_sentence = open_sentence
+    def __init__(
+        self, open_sentence: Opener, settings: dict[str, Any], on_error: ErrorSink
+    ) -> None:
+        self.open_sentence, self.on_error = open_sentence, on_error
         self.current: Sentence | None = None  # the sentence that receives words
         self.in_flight: dict[int, Sentence] = {}  # opened, events not all sent yet
         self.next_index = 0
@@ -228,9 +232,14 @@ class Talk:
                 continue
             async with self.lock:
                 if time.monotonic() - self.last_input >= self.pause:
-                    await self._flush(PAUSE)
+                    try:
+                        await self._flush(PAUSE)
+                    except ClientGone:
+                        pass
+                    except Exception as exc:  # e.g. no room for the partial word's sentence
+                        with contextlib.suppress(Exception):
+                            await self.on_error(exc)
                     return
-        return
 
     # -- the end ----------------------------------------------------------------------
     async def finish(self) -> None:
