@@ -44,7 +44,14 @@ RUNS: dict[str, list[str]] = {
     "exposst-la-slot2": [*EXPOSST, "--slot-len", "2", *LOOKAHEAD],
     "exposst-la-slot4": [*EXPOSST, "--slot-len", "4", *LOOKAHEAD],
     "exposst-la-slot16": [*EXPOSST, "--slot-len", "16", *LOOKAHEAD],
-}
+    # the shipped offline-SFT baseline (adapters/offline-smollm2), as trained on the 2-core
+    # CPU: small batches, more steps (these flags win over the shared ones)
+    "offline-cpu": [
+        "--layout", "offline", "--max-steps", "250", "--batch-tokens", "2048", "--lr", "3e-4",
+        "--lora-r", "8", "--lora-alpha", "16", "--eval-sentences", "200", "--eval-decode", "0",
+        "--eval-every", "100", "--save-every", "50", "--log-every", "5", "--threads", "1",
+    ],
+}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-alpha", type=int, default=16)
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    parser.add_argument("--dev", nargs=2, metavar=("SRC", "TGT"), help="dev files (dev loss)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run")
     parser.add_argument("--max-minutes", type=float, help="training time limit per run")
     parser.add_argument("--note", default="", help="kept in the record (e.g. where it ran)")
@@ -74,7 +82,8 @@ def train_command(name: str, args: argparse.Namespace) -> list[str]:
     else:
         data = ["--source", files[0], "--target", files[1]]
     cmd = [sys.executable, "-m", "vllm_exposst.training.cli", "--model", args.model, *data]
-    cmd += RUNS[name]
+    if args.dev:
+        cmd += ["--dev-source", args.dev[0], "--dev-target", args.dev[1]]
     cmd += ["--epochs", str(args.epochs), "--lr", str(args.lr), "--schedule", "cosine"]
     cmd += ["--lora-r", str(args.lora_r), "--lora-alpha", str(args.lora_alpha)]
     cmd += ["--batch-tokens", str(args.batch_tokens), "--seed", str(args.seed)]
@@ -82,6 +91,7 @@ def train_command(name: str, args: argparse.Namespace) -> list[str]:
     cmd += ["--bf16"] if args.bf16 else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
+    cmd += RUNS[name]  # last: a run's own flags win (argparse keeps the last value)
     return cmd + ["--overwrite", "-o", str(args.out / name)]
 
 
