@@ -7,6 +7,7 @@ subtitles are read back with the real ``webvtt-py`` and ``srt`` parsers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import socket
@@ -100,7 +101,8 @@ class Speaker:
                 return event
 
     async def __aexit__(self, *exc) -> None:
-        await self.ws.send(json.dumps({"type": "session.close"}))
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):  # closed already
+            await self.ws.send(json.dumps({"type": "session.close"}))
         await self.ws.close()
 
     def listen_url(self, token: str | None = None, session: str | None = None) -> str:
@@ -333,3 +335,48 @@ def test_a_stalled_listener_slows_nobody(server):
     else:
         assert last[-1]["type"] == "session.ended" and code == 1000
         assert got == speaker_view(speaker.events)
+
+
+def test_an_auto_segmented_talk_reaches_listeners_and_subtitles(server):
+    """No commits: the server cuts the sentences; they may overlap, and the listener
+    still gets every one under its index, with the speaker's source and text."""
+    text = "A man walks in the park. Two dogs play with a ball! The old woman reads."
+
+    async def scenario():
+        async with Speaker(server) as speaker:
+            update = {"type": "session.update", "session": {"segmentation": "auto"}}
+            await speaker.ws.send(json.dumps(update))
+            assert json.loads(await speaker.ws.recv())["type"] == "session.updated"
+            heard: list[dict] = []
+            task = asyncio.ensure_future(follow(speaker.listen_url(), heard))
+            while not heard:
+                await asyncio.sleep(0.05)
+            for word in text.split():
+                await speaker.ws.send(json.dumps({"type": "input_text.append", "text": word + " "}))
+            await speaker.ws.send(json.dumps({"type": "session.close"}))
+            async for raw in speaker.ws:  # every sentence's done, then the close
+                speaker.events.append(json.loads(raw))
+            subtitles = httpx.get(
+                f"{server.url}/simul/subtitles/{speaker.id}.srt",
+                params={"token": speaker.token, "track": "source"},
+            )
+        await asyncio.wait_for(task, 60)
+        return speaker, heard, subtitles
+
+    speaker, heard, subtitles = asyncio.run(scenario())
+    said = {e["sentence"]: e for e in speaker.events if e["type"] == "response.output_text.done"}
+    got = {e["sentence"]: e for e in heard if e["type"] == "response.output_text.done"}
+    assert sorted(said) == sorted(got) == [0, 1, 2]
+    assert [said[i]["source"] for i in range(3)] == [
+        "A man walks in the park.",
+        "Two dogs play with a ball!",
+        "The old woman reads.",
+    ]
+    for i in range(3):
+        assert (got[i]["text"], got[i]["source"]) == (said[i]["text"], said[i]["source"])
+        deltas = [e["delta"] for e in heard if e.get("sentence") == i and "delta" in e]
+        assert "".join(deltas).strip() == said[i]["text"]
+        words = [w for e in heard if e["type"] == "input_text.words" and e["sentence"] == i
+                 for w in e["words"]]  # fmt: skip
+        assert " ".join(words) == said[i]["source"]
+    assert [s.content for s in srt.parse(subtitles.text)] == [said[i]["source"] for i in range(3)]
