@@ -74,6 +74,9 @@ def test_the_caption_page_shows_what_the_speaker_got_and_reconnects(server, tmp_
             page = await browser.new_page(viewport={"width": 1280, "height": 720})
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
+            requested: list[str] = []  # no CDN: everything from the server itself
+            page.on("request", lambda request: requested.append(request.url))
+            page.on("websocket", lambda ws: requested.append(ws.url))
             query = f"session={speaker.id}&token={speaker.token}&source=1&lines=10"
             await page.goto(f"{server.url}/simul/captions?{query}")
             await page.wait_for_function("document.getElementById('status').textContent === 'live'")
@@ -89,10 +92,13 @@ def test_the_caption_page_shows_what_the_speaker_got_and_reconnects(server, tmp_
             later = await speaker.say(SENTENCES[3])
             after = await rows_when(page, 4)
             await browser.close()
-            return first, shown, later, after, errors
+            return first, shown, later, after, errors, requested
 
-    first, shown, later, after, errors = asyncio.run(scenario())
+    first, shown, later, after, errors, requested = asyncio.run(scenario())
     assert not errors
+    host = f"127.0.0.1:{server.port}"
+    assert requested and all(url.split("/")[2] == host for url in requested), requested
+    assert sum("/simul/listen?" in url for url in requested) == 2  # connected, reconnected
     expected = [
         {"sentence": i, "text": done["text"].strip(), "source": SENTENCES[i], "live": False}
         for i, done in enumerate(first)
