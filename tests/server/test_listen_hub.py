@@ -159,6 +159,14 @@ def test_the_end_reaches_every_listener_after_its_backlog():
     assert events[-2]["sentences_finished"] == 1
     assert listener.reason == "ended" and not hub.listeners
     hub.end()  # twice is harmless
+    late = hub.join()  # joined while the session ended (between the token check and now)
+    assert [e and e["type"] for e in drain(late)] == [
+        "listen.started",
+        "response.output_text.done",
+        "session.ended",
+        None,
+    ]
+    assert late not in hub.listeners and late.reason == "ended"
 
 
 def test_listen_tokens_are_per_session_and_refused_in_the_api_format():

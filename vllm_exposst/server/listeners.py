@@ -125,6 +125,7 @@ class ListenerHub:
         self.clock = clock
         self.started = clock()
         self.ended_at: float | None = None  # clock() when the speaker's session ended
+        self._ended = ""  # the session.ended message, once it ended
         self.session: dict[str, Any] = {}  # the speaker's settings, as last described
         self.finished: deque[Cue] = deque(maxlen=settings.max_sentences)
         self.finished_count = 0  # all finished sentences, also those no longer kept
@@ -252,7 +253,10 @@ class ListenerHub:
             event["replay"] = True
         for event in replay:  # replay may pass the limit: it is bounded by the history
             listener.queue.put_nowait(json.dumps(event))
-        self.listeners.add(listener)
+        if self.ended_at is None:
+            self.listeners.add(listener)
+        else:  # it ended while this listener's handshake was under way
+            listener.release([self._ended], "ended", discard=False)
         return listener
 
     def leave(self, listener: Listener) -> None:
@@ -269,9 +273,9 @@ class ListenerHub:
             "sentences_finished": self.finished_count,
             "time": self.now(),
         }
-        message = json.dumps(event)
+        self._ended = json.dumps(event)
         for listener in list(self.listeners):
-            listener.release([message], "ended", discard=False)
+            listener.release([self._ended], "ended", discard=False)
         self.listeners.clear()
         self.open.clear()
 
