@@ -10,6 +10,7 @@ from .loop import LoopThread
 from .session import Session
 from .simul_engine import SimulEngine
 from .types import (
+    EngineDead,
     SessionConfig,
     SessionError,
     SessionRejected,
@@ -22,6 +23,7 @@ from .types import (
 )
 
 __all__ = [
+    "EngineDead",
     "LoopThread",
     "Session",
     "SessionConfig",

@@ -20,6 +20,7 @@ from .decoder import SessionDecoder
 from .request import RequestTarget
 from .source import SourceBuffer
 from .types import (
+    EngineDead,
     SessionConfig,
     SessionError,
     SessionResult,
@@ -160,7 +161,10 @@ class Session:
         except SessionError as err:
             self._fail(err)
         except Exception as err:  # engine errors: report, keep the server alive
-            self._fail(SessionError(f"{type(err).__name__}: {err}"))
+            if type(err).__name__ == "EngineDeadError":  # vllm.v1.engine.exceptions
+                self._fail(EngineDead(f"the engine died: {err}"))
+            else:
+                self._fail(SessionError(f"{type(err).__name__}: {err}"))
         finally:
             await decoder.release(completed)
             self._on_end(self)

@@ -21,6 +21,10 @@ class SessionTimeout(SessionError):
     """The session was idle for longer than the engine's ``idle_timeout``."""
 
 
+class EngineDead(SessionError):
+    """The engine core died: no session can go on until the server is restarted."""
+
+
 class SessionTooLong(SessionError):
     """The session would pass the model's position limit (``max_model_len``)."""
 

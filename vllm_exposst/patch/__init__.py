@@ -87,6 +87,15 @@ LEDGER: tuple[Patch, ...] = (
         module="api_server",
     ),
     Patch(
+        target="vllm.entrypoints.launchers.api_server.entry.build_and_serve",
+        why="vllm serve exits with code 1, not 0, when the engine core died under it "
+        "(server/engine_death.py marks it), so that a supervisor with Restart=on-failure "
+        "restarts it",
+        breaks_if="run_server_worker stops looking build_and_serve up in entry's globals "
+        "or stops awaiting what it returns (tests/server/test_engine_death.py catches it)",
+        module="api_server",
+    ),
+    Patch(
         target="vllm.engine.arg_utils.EngineArgs.create_model_config",
         why="ExPosST engines: --dtype auto becomes the platform's dtype (float32 on the CPU, "
         "where vLLM would pick bfloat16; see vllm_exposst.precision) and a merged "
@@ -132,7 +141,9 @@ LEDGER: tuple[Patch, ...] = (
         target="vllm.v1.engine.async_llm.AsyncLLM.shutdown",
         why="when vllm serve stops (timeout 0) an ExPosST engine stops its output "
         "handler before the engine core (vLLM does it after): with the core's grace "
-        "above, the handler would see the core die and log an EngineDeadError traceback",
+        "above, the handler would see the core die and log an EngineDeadError traceback; "
+        "and every shutdown marks the client as stopping, so that a stop asked for is "
+        "not taken for the engine's death (server/engine_death.py)",
         breaks_if="output_handler is renamed (then the traceback may come back; "
         "tests/server/test_serve_precision.py catches it)",
         module="teardown",

@@ -8,10 +8,14 @@ side and the routes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from ..server.engine_death import DIED
 from ..switch import is_exposst_scheduler
 from . import replace
+
+logger = logging.getLogger(__name__)
 
 
 def apply() -> None:
@@ -34,3 +38,25 @@ def apply() -> None:
         return attach_endpoint_plugins
 
     replace(app_module, "attach_endpoint_plugins", with_simul_routes)
+
+    try:
+        from vllm.entrypoints.launchers.api_server import entry
+    except ImportError:
+        return
+
+    def exit_code_after_death(original: Any) -> Any:
+        async def build_and_serve(engine_client: Any, *args: Any, **kwargs: Any) -> Any:
+            shutdown = await original(engine_client, *args, **kwargs)
+
+            async def then_exit() -> Any:
+                result = await shutdown
+                if getattr(engine_client, DIED, False):
+                    logger.error("the engine core died: vllm serve exits with code 1")
+                    raise SystemExit(1)
+                return result
+
+            return then_exit()
+
+        return build_and_serve
+
+    replace(entry, "build_and_serve", exit_code_after_death)

@@ -32,6 +32,7 @@ import importlib
 import queue
 from typing import Any
 
+from ..server.engine_death import STOPPING
 from ..switch import is_enabled
 from . import replace
 
@@ -96,6 +97,7 @@ def apply() -> None:
 
     def handler_first(original: Any) -> Any:
         def shutdown(self: Any, timeout: float | None = None) -> None:
+            setattr(self, STOPPING, True)  # asked to stop: not a death (engine_death.py)
             # vllm serve stops with timeout 0, and the core then takes its grace to stop
             # (above): the output handler would see it die and log EngineDeadError with a
             # traceback, so it stops listening first (an in-process shutdown, timeout None,

@@ -30,6 +30,8 @@ class ServerContext:
     served_models: list[str]
     # speakers' sessions as their listeners see them (listeners.py)
     listeners: ListenerRegistry = field(default_factory=lambda: ListenerRegistry(ListenSettings()))
+    # live WebSocket connections (realtime.py): told when the engine core dies
+    connections: set[Any] = field(default_factory=set)
 
     def session_config(self, model: str | None, simul: dict[str, Any] | None) -> SessionConfig:
         """Validate a request's model and ``simul`` options into a session config."""

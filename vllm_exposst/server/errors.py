@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import SessionRejected, SessionTimeout, SessionTooLong, UnknownModelError
+from ..engine import (
+    EngineDead,
+    SessionRejected,
+    SessionTimeout,
+    SessionTooLong,
+    UnknownModelError,
+)
 
 RETRY_AFTER_SECONDS = 1
 
@@ -43,6 +49,8 @@ def api_error(exc: BaseException) -> ApiError:
         return ApiError(429, str(exc), "rate_limit_error", "too_many_sessions")
     if isinstance(exc, SessionTimeout):
         return ApiError(408, str(exc), "timeout_error", "idle_timeout")
+    if isinstance(exc, EngineDead):
+        return ApiError(503, str(exc), "server_error", "engine_dead")
     if isinstance(exc, SessionTooLong):
         return ApiError(400, str(exc), "invalid_request_error", "context_length_exceeded")
     if isinstance(exc, ValueError):

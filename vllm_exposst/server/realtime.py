@@ -30,9 +30,10 @@ from typing import Any
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..defaults import MAX_APPEND_CHARS
-from ..engine import SessionRejected, TargetPiece
+from ..engine import EngineDead, SessionRejected, TargetPiece
 from . import metrics
 from .context import SIMUL_KEYS, ServerContext
+from .engine_death import engine_died
 from .errors import ApiError, api_error
 from .talk import COMMIT, Sentence, Talk
 
@@ -234,9 +235,20 @@ class RealtimeConnection:
             for task in (next_piece, watch):
                 if task is not None and not task.done():
                     task.cancel()
+                elif task is not None and not task.cancelled():
+                    task.exception()  # seen (an aborted session's error): no log noise
             metrics.ACTIVE_SESSIONS.dec()
             await session.close()
             await self.talk.sent(sentence)
+
+    async def engine_died(self) -> None:
+        """The engine core died: an ``engine_dead`` error, then a close frame (1011)."""
+        with contextlib.suppress(Exception):
+            await self.send_error(
+                EngineDead("the engine core died; the server exits to be restarted")
+            )
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=1011, reason="engine dead")
 
     async def close(self) -> None:
         """Free everything this connection holds (also on a dropped connection)."""
@@ -271,7 +283,11 @@ HANDLERS = {
 async def realtime(websocket: WebSocket, context: ServerContext) -> None:
     await websocket.accept()
     connection = RealtimeConnection(websocket, context)
+    context.connections.add(connection)
     try:
+        if engine_died(context.engine.llm):  # between the death and the server's exit
+            await connection.engine_died()
+            return
         session = {**connection.describe(), "listen_token": connection.hub.token}
         await connection.send({"type": "session.created", "session": session})
         while True:
@@ -309,6 +325,7 @@ async def realtime(websocket: WebSocket, context: ServerContext) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        context.connections.discard(connection)
         await connection.close()
         context.listeners.close(connection.hub)  # listeners get session.ended; token revoked
         with contextlib.suppress(Exception):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from argparse import Namespace
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 
+from . import engine_death
 from .chat import chat_completions
 from .context import ServerContext, create_context
 from .listen import listen, page, subtitles
@@ -21,6 +23,7 @@ class ExposstRoutes:
 
     def __init__(self) -> None:
         self.context: ServerContext | None = None
+        self.watcher: asyncio.Task | None = None  # engine_death.watch
 
     def attach_router(self, app: FastAPI) -> None:
         router = APIRouter()
@@ -70,6 +73,12 @@ class ExposstRoutes:
             raise RuntimeError("the ExPosST routes need an engine (not the render server)")
         self.context = await create_context(engine_client, state)
         state.exposst = self.context
+        context = self.context
+        self.watcher = asyncio.get_running_loop().create_task(
+            engine_death.watch(
+                engine_client, lambda: context.connections, lambda c: c.engine_died()
+            )
+        )
 
     def _context(self) -> ServerContext:
         if self.context is None:

@@ -258,7 +258,8 @@ class Talk:
             with contextlib.suppress(BaseException):
                 await self.pause_task
         for sentence in list(self.in_flight.values()):
-            await sentence.session.abort()
+            with contextlib.suppress(Exception):  # a dead engine may refuse the abort
+                await sentence.session.abort()
             if sentence.task is not None and not sentence.task.done():
                 sentence.task.cancel()
                 with contextlib.suppress(BaseException):
