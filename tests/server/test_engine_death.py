@@ -1,5 +1,6 @@
 """The engine core dies under ``vllm serve``: live clients hear it, the server exits
-non-zero, and the supervisor recipe of docs/deploy.md starts it again.
+non-zero, and the supervisor recipe of docs/deploy.md starts it again; a stop that
+was asked for still exits 0.
 
 The supervisor is the recipe's shell loop (``until vllm serve ...; do ...; done``,
 the same rule as systemd's ``Restart=on-failure``: restart on a non-zero exit only).
@@ -119,6 +120,11 @@ def test_engine_death_tells_every_client_exits_non_zero_and_the_supervisor_resta
             source, "wait-2"
         )
         assert reply.json()["choices"][0]["message"]["content"] == ref.text
+        # a stop that was asked for (SIGTERM to vllm serve) exits 0: the loop ends
+        (server,) = psutil.Process(supervisor.pid).children()
+        server.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=120) == 0, log.read_text()[-3000:]
+        assert exits.read_text().split() == ["exit", "1"]  # no restart after it
     finally:
         if supervisor.poll() is None:
             os.killpg(supervisor.pid, signal.SIGTERM)
