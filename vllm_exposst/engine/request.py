@@ -59,15 +59,19 @@ class StreamRequest:
         """Send ``tokens`` as the next chunk and collect the turn's sampled tokens.
 
         ``on_sampled`` sees the tokens sampled so far after each engine output, so a
-        caller can pass on words before a long turn ends.  A turn that could take the
-        request past ``max_model_len`` tokens (refeed copies count, positions aside) is
-        refused with :class:`SessionTooLong`: vLLM would fail the whole engine on it."""
+        caller can pass on words before a long turn ends.  A request never holds more
+        than ``max_model_len`` tokens (refeed copies count, positions aside; vLLM would
+        fail the whole engine on it): the turn samples at most what is left, and a turn
+        with no room left is refused with :class:`SessionTooLong`."""
         limit = self.target.llm.vllm_config.model_config.max_model_len
-        if self.num_tokens + len(tokens) + max_tokens > limit:
+        room = limit - self.num_tokens - len(tokens)
+        if room < 1:
             raise SessionTooLong(
-                f"the session would hold {self.num_tokens + len(tokens) + max_tokens} tokens; "
-                f"the engine holds at most {limit} per request (max_model_len)"
+                f"the session would hold more than {limit} tokens (max_model_len): "
+                f"{self.num_tokens} held, {len(tokens)} more to feed"
             )
+        max_tokens = min(max_tokens, room)
+        min_tokens = min(min_tokens, max_tokens)
         from vllm import SamplingParams
         from vllm.engine.protocol import StreamingInput
         from vllm.inputs import TokensPrompt
