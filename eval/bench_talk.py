@@ -8,7 +8,8 @@ the sentence's last word to its ``done`` event and the resident memory of the se
 and its engine processes; it prints a table per block of sentences, writes a JSON
 record and a PNG plot of latency and RSS over the session.
 
-    .venv/bin/python eval/bench_talk.py --start-server default --sentences 600 --speedup 4
+    .venv/bin/python eval/bench_talk.py --start-server default --adapter adapters/exposst-smollm2 \
+        --sentences 600 --speedup 4
     .venv/bin/python eval/bench_talk.py --start-server default --sentences 5   # a check
 """
 
@@ -31,6 +32,7 @@ from vllm_exposst import models
 from vllm_exposst.evaluation.plots import pyplot
 from vllm_exposst.evaluation.record import write_record
 
+ADAPTER_NAME = "exposst"
 SENTENCES = [
     "A man in a blue shirt is standing on a ladder.",
     "Two young children are playing with a dog in the park.",
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, help="one sentence per line (else built in)")
     parser.add_argument(
         "--start-server", metavar="MODEL", help="start `vllm serve MODEL` first ('default' ok)"
+    )
+    parser.add_argument(
+        "--adapter", type=Path, help="with --start-server: serve this LoRA adapter and speak to it"
     )
     parser.add_argument("--server-pid", type=int, help="without --start-server: RSS of this pid")
     parser.add_argument("--out", type=Path, default=Path("docs/bench/talk.json"))
@@ -83,6 +88,8 @@ async def speak(args: argparse.Namespace, sentences: list[str], pid: int | None)
     ) as ws:
         await ws.recv()  # session.created
         session = {"segmentation": "auto", "policy": args.policy}
+        if args.adapter:
+            session["model"] = ADAPTER_NAME
         await ws.send(json.dumps({"type": "session.update", "session": session}))
         await ws.recv()
 
@@ -126,6 +133,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     top.set_title(title)
     if rows and rows[0]["rss_mib"] is not None:
         bottom.plot(index, [row["rss_mib"] for row in rows])
+        bottom.ticklabel_format(axis="y", useOffset=False)
     bottom.set_ylabel("server RSS (MiB)")
     bottom.set_xlabel("sentence")
     fig.tight_layout()
@@ -158,10 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         pool = [s.strip() for s in args.source.read_text().splitlines() if s.strip()]
     sentences = [pool[i % len(pool)] for i in range(args.sentences)]
     server, pid = None, args.server_pid
+    if args.adapter and not args.start_server:
+        raise SystemExit("bench_talk: --adapter needs --start-server")
     if args.start_server:
         port = free_port()
         args.url = f"ws://127.0.0.1:{port}"
-        server = start(serve_command(models.resolve_model(args.start_server), port))
+        extra: list[str] = []
+        if args.adapter:
+            rank = json.loads((args.adapter / "adapter_config.json").read_text())["r"]
+            extra = ["--enable-lora", "--max-lora-rank", str(rank)]
+            extra += ["--lora-modules", f"{ADAPTER_NAME}={args.adapter}"]
+        model = models.resolve_model(args.start_server)
+        server = start(serve_command(model, port, extra=extra))
         wait_healthy(server, args.url.replace("ws://", "http://"))
         pid = server.pid
     try:
@@ -179,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         url=args.url,
         server_model=args.start_server,
+        adapter=str(args.adapter) if args.adapter else None,
         rate=args.rate,
         speedup=args.speedup,
         policy=args.policy,
