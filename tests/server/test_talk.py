@@ -535,3 +535,35 @@ def test_chat_completions_with_auto_segmentation_translate_sentence_by_sentence(
     indices = [c.model_extra["simul"]["sentence"] for c in chunks[:-1]]
     assert indices == sorted(indices) and set(indices) <= set(range(4))
     assert chunks[-1].model_extra["simul"]["sentences"] == summary["sentences"]
+
+
+def test_a_client_sentence_past_the_limit_fails_alone_and_the_talk_goes_on(server, oracle):
+    """Client segmentation keeps the client's sentence whole: past the limit it fails
+    (an error naming it, never a done with part of it), and the talk goes on (words
+    that arrive after the failure start the next sentence, as after any early end)."""
+    rng = random.Random(14)
+    words = [rng.choice(ENGLISH_WORDS) for _ in range(500)]
+    later = sentence_text(rng)
+
+    async def scenario():
+        client = await Client.open(server)
+        for i in range(0, len(words), 50):
+            await client.append(" ".join(words[i : i + 50]) + " ")
+        await client.send({"type": "input_text.commit"})
+        error = await client.until(lambda e: e["type"] == "error", timeout=120)
+        await client.append(later)
+        await client.send({"type": "input_text.commit"})
+        done = await client.until(
+            lambda e: e["type"] == "response.output_text.done" and e["source"] == later, 120
+        )
+        await client.close()
+        return client, error, done
+
+    client, error, done = asyncio.run(scenario())
+    assert error["error"]["code"] == "context_length_exceeded" and error["sentence"] == 0
+    dones = [e for e in client.events if e["type"] == "response.output_text.done"]
+    assert all(e["sentence"] != 0 for e in dones)  # the failed sentence reports no done
+    assert done["end"] == "commit"
+    check_sentences(client, [done], [later], oracle)
+    stats = server.all_free()
+    assert stats["free_blocks"] == stats["total_blocks"] and stats["open_sessions"] == 0, stats

@@ -5,11 +5,13 @@ ends it) and the words into sentences, each an engine session of its own with a
 ``sentence`` index (0, 1, ... on the connection).  Who ends a sentence is the
 ``segmentation`` setting: ``client`` (the client's ``input_text.commit``) or ``auto``
 (:mod:`vllm_exposst.segmentation`: punctuation, ``max_sentence_words``, and a pause of
-``sentence_pause`` seconds with no input).  In both, a sentence whose next word could
+``sentence_pause`` seconds with no input); there a sentence whose next word could
 reach the model's position limit is cut before that word (``end``:
-``position_limit``), and the talk goes on.  The next sentence starts at once while
-the previous ones finish (at most ``TALK_SENTENCES_IN_FLIGHT`` per connection; past
-that, the talk stops reading input until one is done: back-pressure, not an error).
+``position_limit``), and the talk goes on.  A client's sentence is kept whole: one
+past the limit fails (an error naming it) and the next words start the next one.
+The next sentence starts at once while the previous ones finish (at most
+``TALK_SENTENCES_IN_FLIGHT`` per connection; past that, the talk stops reading input
+until one is done: back-pressure, not an error).
 
 What a talk keeps does not grow with the sentences it has translated: the sentences
 in flight, the splitter's few counters and a partial word (at most
@@ -57,10 +59,9 @@ class Sentence:
     def source(self) -> str:
         return " ".join(self.words)
 
-    def fits(self, word: str) -> int | None:
-        """The word's token count if it fits under the budget, else None."""
-        count = len(self.session.template.word_ids(word, len(self.words)))
-        return count if self.tokens + count <= self.budget else None
+    def tokens_of(self, word: str) -> int:
+        """The word's source tokens as the sentence's next word."""
+        return len(self.session.template.word_ids(word, len(self.words)))
 
     async def push(self, word: str, tokens: int) -> None:
         await self.session.push(word + " ")
@@ -170,24 +171,20 @@ class Talk:
             self.current = None  # it ended before its source did (target length)
         if self.current is None:
             self.current = await self._open()
-        tokens = self.current.fits(word)
-        if tokens is None:
-            if not self.current.words:
+        tokens = self.current.tokens_of(word)
+        if self.auto and self.current.tokens + tokens > self.current.budget:
+            # the server's sentences stay under the limit; a client's sentence is kept
+            # whole (one past the limit fails with context_length_exceeded by itself)
+            if self.current.words:
+                await self._end(POSITION_LIMIT)
+                self.splitter.restart_with_last_word()
+                self.current = await self._open()
+                tokens = self.current.tokens_of(word)
+            if tokens > self.current.budget:
                 raise ApiError(
                     400,
                     f"the word {word[:40]!r}... alone would reach the position limit; "
                     "it was dropped",
-                    code="context_length_exceeded",
-                    param="text",
-                )
-            await self._end(POSITION_LIMIT)
-            self.splitter.restart_with_last_word()
-            self.current = await self._open()
-            tokens = self.current.fits(word)
-            if tokens is None:
-                raise ApiError(
-                    400,
-                    f"the word {word[:40]!r}... alone would reach the position limit",
                     code="context_length_exceeded",
                     param="text",
                 )
