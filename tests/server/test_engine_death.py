@@ -24,26 +24,12 @@ from vllm_exposst import models
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
 
-from .test_server import SERVER_ENV, free_port, serve_command
+from .test_server import SERVER_ENV, free_port, serve_command, wait_healthy
 
 pytestmark = pytest.mark.server
 
 # docs/deploy.md, "When the engine core dies": restart while vllm serve exits non-zero
 SUPERVISOR = 'until "$@"; do echo "exit $?" >> "$EXITS"; sleep 1; done'
-
-
-def wait_healthy(url: str, supervisor: subprocess.Popen, log, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if supervisor.poll() is not None:
-            raise RuntimeError(f"the supervisor exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"vllm serve did not answer:\n{log.read_text()[-3000:]}")
 
 
 def engine_cores(supervisor_pid: int) -> list[psutil.Process]:
@@ -86,7 +72,7 @@ def test_engine_death_tells_every_client_exits_non_zero_and_the_supervisor_resta
             start_new_session=True,
         )
     try:
-        wait_healthy(url, supervisor, log)
+        wait_healthy(supervisor, url, log)
 
         async def scenario():
             busy = await websockets.connect(ws_url)  # a sentence in progress
@@ -111,7 +97,7 @@ def test_engine_death_tells_every_client_exits_non_zero_and_the_supervisor_resta
             time.sleep(0.5)
         assert exits.read_text().split() == ["exit", "1"], log.read_text()[-3000:]
         # the restarted server serves again
-        wait_healthy(url, supervisor, log)
+        wait_healthy(supervisor, url, log)
         source = "two dogs play in the park"
         body = {"messages": [{"role": "user", "content": source}]}
         reply = httpx.post(f"{url}/v1/simul/chat/completions", json=body, timeout=120)
