@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import websockets
 from load_ws import ADAPTER_NAME, SENTENCES
-from serving import print_table, serve_command, start, stop, wait_healthy
+from serving import print_table, serve_command, speak_sentence, start, stop, wait_healthy
 
 from vllm_exposst.evaluation.record import write_record
 
@@ -136,11 +136,7 @@ async def speak(ws, sentences: list[str], rate: float) -> tuple[list[dict], dict
                     raise RuntimeError(event["error"])
 
         receiver = asyncio.ensure_future(receive())
-        for word in sentence.split():
-            sent_at.append(time.perf_counter())
-            await ws.send(json.dumps({"type": "input_text.append", "text": word + " "}))
-            await asyncio.sleep(1.0 / rate)
-        await ws.send(json.dumps({"type": "input_text.commit"}))
+        await speak_sentence(ws, sentence, rate, sent_at)
         await receiver
     return events, {"during": during, "tail": tail, "done_at": done_at}
 

@@ -26,7 +26,15 @@ from pathlib import Path
 
 import psutil
 import websockets
-from serving import free_port, print_table, serve_command, start, stop, wait_healthy
+from serving import (
+    free_port,
+    print_table,
+    read_sentences,
+    serve_command,
+    start,
+    stop,
+    wait_healthy,
+)
 
 from vllm_exposst import models
 from vllm_exposst.evaluation.plots import pyplot
@@ -161,9 +169,7 @@ def blocks(rows: list[dict], parts: int = 6) -> list[tuple[str, ...]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    pool = SENTENCES
-    if args.source:
-        pool = [s.strip() for s in args.source.read_text().splitlines() if s.strip()]
+    pool = read_sentences(args.source, SENTENCES)
     sentences = [pool[i % len(pool)] for i in range(args.sentences)]
     server, pid = None, args.server_pid
     if args.adapter and not args.start_server:

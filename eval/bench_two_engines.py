@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import websockets
-from serving import free_port, print_table, serve_command, start, stop, wait_healthy
+from serving import free_port, print_table, serve_command, speak_sentence, start, stop, wait_healthy
 
 from vllm_exposst.evaluation.record import write_record
 
@@ -82,11 +82,7 @@ async def one_sentence(addr: str, sentence: str, args: argparse.Namespace, out: 
                     raise RuntimeError(event["error"])
 
         receiver = asyncio.ensure_future(receive())
-        for word in sentence.split():
-            sent_at.append(time.perf_counter())
-            await ws.send(json.dumps({"type": "input_text.append", "text": word + " "}))
-            await asyncio.sleep(1.0 / args.rate)
-        await ws.send(json.dumps({"type": "input_text.commit"}))
+        await speak_sentence(ws, sentence, args.rate, sent_at)
         await receiver
         await ws.send(json.dumps({"type": "session.close"}))
     out["sessions"] += 1

@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 
 import websockets
-from serving import print_table, serve_command, start, stop, wait_healthy
+from serving import (
+    print_table,
+    read_sentences,
+    serve_command,
+    speak_sentence,
+    start,
+    stop,
+    wait_healthy,
+)
 
 from vllm_exposst.evaluation.record import write_record
 
@@ -105,11 +113,7 @@ async def client(
         for sentence in sentences:
             sent_at: list[float] = []
             receiver = asyncio.ensure_future(receive_sentence(ws, sent_at, latencies, words, tail))
-            for word in sentence.split():
-                sent_at.append(time.perf_counter())
-                await ws.send(json.dumps({"type": "input_text.append", "text": word + " "}))
-                await asyncio.sleep(1.0 / rate)
-            await ws.send(json.dumps({"type": "input_text.commit"}))
+            await speak_sentence(ws, sentence, rate, sent_at)
             await receiver
         await ws.send(json.dumps({"type": "session.close"}))
 
@@ -180,9 +184,7 @@ def start_server(
 def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
-    sentences = SENTENCES
-    if args.source:
-        sentences = [s.strip() for s in args.source.read_text().splitlines() if s.strip()]
+    sentences = read_sentences(args.source, SENTENCES)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     if args.adapter and not args.start_server:
         raise SystemExit("load_ws: --adapter needs --start-server")

@@ -7,6 +7,7 @@ sibling (``from serving import ...``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -93,3 +94,19 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]
     for row in rows:
         table.add_row(*row)
     Console(width=120).print(table)
+
+
+def read_sentences(path: Path | None, default: Sequence[str]) -> list[str]:
+    """Non-empty lines of ``path`` (stripped), or ``default`` without a file."""
+    if path is None:
+        return list(default)
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+async def speak_sentence(ws, sentence: str, rate: float, sent_at: list[float]) -> None:
+    """Send ``sentence`` word by word at ``rate`` words/s (send times into ``sent_at``), commit."""
+    for word in sentence.split():
+        sent_at.append(time.perf_counter())
+        await ws.send(json.dumps({"type": "input_text.append", "text": word + " "}))
+        await asyncio.sleep(1.0 / rate)
+    await ws.send(json.dumps({"type": "input_text.commit"}))
