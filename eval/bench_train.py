@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import resource
 import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 
 from vllm_exposst.defaults import DEFAULT_SLOT_LEN
@@ -139,12 +139,8 @@ def prepared_models(args: argparse.Namespace, files: list[str], folder: Path) ->
 
 
 def resident_mib() -> float:
-    """The process's resident memory now (Linux), and not its peak: a variant's own need."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * resource.getpagesize() / 2**20
-    except OSError:
-        return float("nan")
+    """The process's resident memory now, not its peak."""
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def one_run(prepared, variant: Variant, steps: int | None = None) -> dict:

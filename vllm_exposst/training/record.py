@@ -106,7 +106,7 @@ def adapter_meta(
             "last_loss": losses[-1] if losses else None,
             "tokens": meter.tokens,
             "train_seconds": round(meter.seconds, 2),
-            "tokens_per_second": round(meter.rate, 1),
+            **meter.rates(),  # pairs, target tokens and all tokens per second
         },
         "dev": _dev_record(prepared, final) if final else None,
     }

@@ -48,6 +48,7 @@ from .data import (
     training_policies,
 )
 from .dev_eval import DevEvaluator
+from .examples import IGNORE_INDEX
 from .forward import fast_loss, resolve_precision, supports_fast_forward
 from .progress import ProgressBar, ThroughputMeter, TimeLimit
 from .record import adapter_meta, cast_adapter_weights, last_eval
@@ -170,7 +171,8 @@ class LayoutTrainer(Trainer):
         """
         training = model.training
         if training and self.meter is not None:
-            self.meter.count_batch(len(inputs["input_ids"]), int((inputs["labels"] != -100).sum()))
+            labels = int((inputs["labels"] != IGNORE_INDEX).sum())
+            self.meter.count_batch(len(inputs["input_ids"]), labels)
         if self.forward == "plain" or return_outputs or self.label_smoother is not None:
             with self._autocast(training):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -229,6 +231,16 @@ class LayoutTrainer(Trainer):
         return metrics
 
 
+def device() -> str:
+    """Where the Trainer trains: CUDA when it is there, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def precision(config: TrainConfig) -> str:
+    """The precision this run trains in on this device (``auto`` resolved)."""
+    return resolve_precision(config.precision, device())
+
+
 def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
     out = Path(config.output_dir).expanduser() / CHECKPOINTS
     evaluate = has_dev and config.eval_every > 0
@@ -252,8 +264,7 @@ def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
         save_steps=config.save_every if config.save_every > 0 else 500,
         save_total_limit=2,
         seed=config.seed,
-        bf16=resolve_precision(config.precision, "cuda") == "bfloat16"
-        and torch.cuda.is_available(),
+        bf16=device() == "cuda" and precision(config) == "bfloat16",  # CUDA mixed precision
         report_to="none",
         remove_unused_columns=False,  # keep position_ids: PeftModel.forward does not name them
         label_names=["labels"],
@@ -283,8 +294,7 @@ def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
         max_batch_size=config.max_batch_size,
         dev_eval=prepared.dev_eval,
         forward=config.forward,
-        cpu_bf16=not torch.cuda.is_available()
-        and resolve_precision(config.precision, "cpu") == "bfloat16",
+        cpu_bf16=device() == "cpu" and precision(config) == "bfloat16",
         meter=meter,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -317,13 +327,10 @@ def train(config: TrainConfig) -> TrainResult:
     history = trainer.state.log_history
     steps = trainer.state.global_step
     meta = adapter_meta(prepared, steps, history, final, meter)
-    meta["training"].update(meter.rates())
     meta["training"]["planned_steps"] = trainer.state.max_steps
     meta["training"]["forward"] = trainer.forward  # what ran ("plain" where unsupported)
-    meta["training"]["precision"] = (
-        "bfloat16" if trainer.cpu_bf16 or trainer.args.bf16 else "float32"
-    )
-    meta["training"]["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    meta["training"]["precision"] = precision(config)
+    meta["training"]["device"] = device()
     meta["training"]["threads"] = torch.get_num_threads()
     # only the TimeLimit callback ends a run before its planned steps
     meta["training"]["stopped_by_time_limit"] = steps < trainer.state.max_steps
