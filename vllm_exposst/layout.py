@@ -13,8 +13,8 @@ event order, design 1a) and the offline prompt (:func:`allocate_offline`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 from .defaults import DEFAULT_SLOT_LEN, OFFLINE
 
@@ -88,6 +88,14 @@ class _AllocatorBase:
 
     def refeed(self) -> list[int]:
         raise ValueError(f"{type(self).__name__} has no refeed rule")
+
+    def state(self) -> dict[str, Any]:
+        """Every field as plain values, so another process (the engine's scheduler) can
+        rebuild this allocator with :func:`allocator_from_state` and go on from here."""
+        return {
+            "kind": type(self).__name__,
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+        }
 
 
 @dataclass
@@ -205,6 +213,18 @@ def make_allocator(
     if mode == "shift":
         return ShiftAllocator(prefix_len, header_len, max_position)
     raise ValueError(f"no incremental allocator for mode {mode!r}: use 'exposst' or 'shift'")
+
+
+def allocator_from_state(state: dict[str, Any]) -> ExposstAllocator | ShiftAllocator:
+    """The allocator :meth:`_AllocatorBase.state` described, in the same state."""
+    kinds = {cls.__name__: cls for cls in (ExposstAllocator, ShiftAllocator)}
+    values = dict(state)
+    cls = kinds[values.pop("kind")]
+    allocator = cls(**{f.name: values[f.name] for f in fields(cls) if f.init})
+    for f in fields(cls):
+        if not f.init:
+            setattr(allocator, f.name, values[f.name])
+    return allocator
 
 
 def _run(allocator: ExposstAllocator | ShiftAllocator, events: Iterable[Event]) -> list[int]:

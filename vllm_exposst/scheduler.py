@@ -27,8 +27,9 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
 from .options import ExposstOptions
-from .positions import exposst_args
+from .positions import EXTRA_KEY, exposst_args
 from .prompts import WordStarts, word_start_table
+from .queued_read import QUEUED_KEY, QueuedRead
 from .switch import check_vllm_version
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class ExposstScheduler(Scheduler):
         self.chunk_arrived: dict[str, int] = {}
         self.chunk_counts = {"chunks_scheduled": 0, "chunks_delayed": 0, "chunk_wait_steps": 0}
         self.session_preemptions = 0  # session requests vLLM preempted (KV cache full)
+        self.queued_counts = {"queued_reads": 0, "queued_reads_dropped": 0}
 
     # -- word-boundary stop ---------------------------------------------------
     def _word_start_table(self) -> list[bool]:
@@ -178,11 +180,46 @@ class ExposstScheduler(Scheduler):
         return output
 
     def _update_request_as_session(self, session, update) -> None:
-        """A session's next chunk is in: note when, to measure how soon it runs."""
+        """A session's next chunk is in: note when, to measure how soon it runs.
+
+        A queued READ (:mod:`vllm_exposst.queued_read`) is completed here, as its
+        turn before ends, or dropped if that turn did not end as planned (the session
+        then waits for the decoder's own next chunk)."""
+        args = exposst_args(update.sampling_params)
+        queued = args.get(QUEUED_KEY) if args else None
+        if queued is not None and not self._complete_queued_read(session, update, queued):
+            self.queued_counts["queued_reads_dropped"] += 1
+            if session.status != RequestStatus.WAITING_FOR_STREAMING_REQ:
+                session.status = RequestStatus.WAITING_FOR_STREAMING_REQ
+                self.num_waiting_for_streaming_input += 1
+            return
         super()._update_request_as_session(session, update)
         self._turn_words.pop(session.request_id, None)  # its outputs start again
         if exposst_args(session.sampling_params) is not None:
             self.chunk_arrived[session.request_id] = self.schedule_calls
+
+    def _complete_queued_read(self, session, update, args: dict) -> bool:
+        """Fill in a queued READ's refeed copy, positions and budget from the turn that
+        just ended; False if that turn ended otherwise than planned (drop the chunk)."""
+        computed = session.num_computed_tokens  # the turn's lookahead lies just past it
+        tail = session._all_token_ids[computed : computed + 1]
+        try:
+            queued = QueuedRead.from_args(args)
+            if not queued.holds(tail[0] if tail else None):
+                return False
+            kept = computed - session.num_prompt_tokens
+            done = queued.complete(kept, session._all_token_ids[computed - 1], computed)
+        except Exception:  # a malformed entry or the position limit: the decoder's own
+            logger.exception("queued READ of %s dropped", session.request_id)  # path decides
+            return False
+        update.prompt_token_ids = [*update.prompt_token_ids, *done.extra_tokens]
+        params = update.sampling_params
+        if done.positions is not None:
+            params.extra_args[EXTRA_KEY].update(done.positions)
+        if done.max_tokens is not None:
+            update.max_tokens = params.max_tokens = done.max_tokens
+        self.queued_counts["queued_reads"] += 1
+        return True
 
     def _preempt_request(self, request, *args: Any, **kwargs: Any) -> None:
         if exposst_args(request.sampling_params) is not None:
@@ -221,6 +258,7 @@ class ExposstScheduler(Scheduler):
             "total_blocks": self.total_blocks,
             "free_blocks": self.kv_cache_manager.block_pool.get_num_free_blocks(),
             **self.chunk_counts,
+            **self.queued_counts,
             "session_preemptions": self.session_preemptions,
             "tokens_computed": self._tokens_computed(request_ids),
         }

@@ -60,6 +60,7 @@ def reference(model, template, source: str, config: SessionConfig):
         mode="recompute" if offline else config.mode,
         slot_len=config.slot_len,
         max_target_tokens=config.max_target_tokens,
+        max_word_tokens=config.max_word_tokens,
         refeed=config.refeed,
     )
     return decoder.translate(source, "offline" if offline else config.policy)

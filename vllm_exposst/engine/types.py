@@ -41,6 +41,9 @@ class SessionConfig(TranslationSettings):
     system_prompt: str | None = None
     max_word_tokens: int = MAX_WORD_TOKENS
     max_target_tokens: int | None = None
+    # queue a READ chunk behind the running turn when its source has arrived, so the
+    # engine runs it in the step after the turn (vllm_exposst/queued_read.py)
+    queue_reads: bool = True
 
     def validate(self) -> Policy:
         policy = super().validate()
@@ -71,6 +74,7 @@ class TurnStats:
     # (READ-to-WRITE latency), and per generated token after a turn's first
     read_latencies: list[float] = field(default_factory=list)
     decode_steps: list[float] = field(default_factory=list)
+    merged_turns: int = 0  # turns whose last output came merged with the next turn's
 
 
 @dataclass
@@ -89,3 +93,4 @@ class SessionResult:
     turns: int  # engine round trips (one per WRITE run between READs, plus peeks)
     read_latencies: list[float]  # chunk with new source -> its first sampled token (s)
     decode_steps: list[float]  # seconds per generated token after each turn's first
+    queued_reads: int = 0  # READ chunks the engine ran right behind the turn before

@@ -1,0 +1,149 @@
+"""Queued READs (vllm_exposst/queued_read.py): a READ chunk whose source has arrived is
+sent behind the running WRITE turn and completed by the engine's scheduler.
+
+The claim is that this changes when a chunk runs, never what is computed: every
+session equals the transformers reference decoder and the same session without
+queueing, token counts included; a turn that ends on the stop token drops its queued
+READ; and outputs vLLM merges for a slow reader are split back into turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+
+import pytest
+
+from vllm_exposst import models
+from vllm_exposst.engine import SessionConfig
+from vllm_exposst.models import ENGLISH_WORDS
+
+from ..conftest import random_sentence, start_engine
+from .test_engine import assert_matches_reference, run_all, template_for
+
+pytestmark = pytest.mark.engine
+POLICIES = ["wait-1", "wait-3", "read-2/write-1", "wait-2"]
+
+
+def batch(seed: int, count: int = 12, **config) -> list[tuple[str, SessionConfig]]:
+    """Count-decided policies (the ones that queue), long enough sources, short words
+    for some sessions (``max_word_tokens`` 2 cuts words, so turns end mid-word)."""
+    rng = random.Random(seed)
+    jobs = []
+    for i in range(count):
+        options = dict(policy=POLICIES[i % len(POLICIES)], slot_len=rng.randint(2, 6))
+        if i % 3 == 0:
+            options["max_word_tokens"] = 2
+        jobs.append(
+            (random_sentence(rng, ENGLISH_WORDS, 6, 14), SessionConfig(**options, **config))
+        )
+    return jobs
+
+
+def stop_prone_copy(path, folder):
+    """The tiny checkpoint with the stop token's output row set just above the most
+    often chosen token's, so greedy decoding stops early and often, mid-source too."""
+    import torch
+
+    model, tokenizer = models.load(path)
+    stop = template_for(tokenizer, SessionConfig()).stop_id
+    ids = torch.tensor([list(range(10, 200))])
+    with torch.no_grad():
+        winners = model(input_ids=ids).logits[0].argmax(-1)
+        favourite = int(torch.mode(winners).values)
+        head = model.get_output_embeddings().weight
+        head[stop] = head[favourite] * 1.02
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(engine_loop, model_cache, tmp_path_factory):
+    path = models.tiny_model("llama", model_cache)
+    engine = start_engine(engine_loop, path)
+    model, tokenizer = models.load(path)
+    yield engine, model, tokenizer
+    engine.shutdown()
+
+
+def test_queued_reads_equal_the_reference_and_the_unqueued_session(served, engine_loop):
+    engine, model, tokenizer = served
+    before = engine_loop.run(engine.stats())
+    for mode, refeed in (("exposst", True), ("exposst", False), ("shift", True)):
+        jobs = batch(seed=21, mode=mode, refeed=refeed)
+        queued = run_all(engine_loop, engine, jobs)
+        unqueued = [(s, dataclasses.replace(c, queue_reads=False)) for s, c in jobs]
+        plain = run_all(engine_loop, engine, unqueued)
+        template = template_for(tokenizer, jobs[0][1])
+        for job, with_queue, without in zip(jobs, queued, plain):
+            assert_matches_reference(model, template, job, with_queue)
+            assert with_queue.target_ids == without.target_ids
+            assert with_queue.tokens_sent == without.tokens_sent  # nothing computed twice
+            assert with_queue.refeeds == without.refeeds
+            assert without.queued_reads == 0
+        assert sum(r.queued_reads for r in queued) >= len(jobs), mode  # most READs queue
+        counts = engine_loop.run(engine.stats())["tokens_computed"]
+        for with_queue in queued:  # the engine's own count: the chunks it completed
+            assert counts[with_queue.request_ids[0]] == with_queue.tokens_sent
+    after = engine_loop.run(engine.stats())
+    assert after["queued_reads"] > before["queued_reads"]
+
+
+def test_outputs_merged_for_a_slow_reader_are_split_into_turns(served, engine_loop):
+    """A busy event loop lets vLLM merge a turn's last output with the next turn's
+    first: the session must still cut turns where the engine did."""
+    engine, model, tokenizer = served
+    jobs = batch(seed=22, count=8)
+
+    async def go():
+        busy = True
+
+        async def hog():  # blocks the loop, as a server busy with other work would
+            while busy:
+                time.sleep(0.03)
+                await asyncio.sleep(0)
+
+        hogging = asyncio.get_running_loop().create_task(hog())
+        try:
+            sessions = []
+            for source, config in jobs:
+                session = await engine.open(config=config)
+                await session.push(source)
+                await session.finish()
+                sessions.append(session)
+            results = [await s.result() for s in sessions]
+            return results, sum(s.stats.merged_turns for s in sessions)
+        finally:
+            busy = False
+            await hogging
+
+    results, merged = engine_loop.run(go())
+    template = template_for(tokenizer, jobs[0][1])
+    for job, result in zip(jobs, results):
+        assert_matches_reference(model, template, job, result)
+    assert merged > 0  # the case this test is about did happen
+
+
+def test_a_turn_ending_on_the_stop_token_drops_its_queued_read(
+    engine_loop, model_cache, tmp_path_factory
+):
+    path = stop_prone_copy(
+        models.tiny_model("llama", model_cache), tmp_path_factory.mktemp("stop-prone")
+    )
+    engine = start_engine(engine_loop, path)
+    try:
+        model, tokenizer = models.load(path)
+        jobs = batch(seed=23, count=12)
+        results = run_all(engine_loop, engine, jobs)
+        template = template_for(tokenizer, jobs[0][1])
+        for job, result in zip(jobs, results):
+            assert_matches_reference(model, template, job, result)
+        stats = engine_loop.run(engine.stats())
+        assert stats["queued_reads_dropped"] > 0
+        assert stats["queued_reads"] == sum(r.queued_reads for r in results)
+        assert stats["free_blocks"] == stats["total_blocks"]  # nothing held after the end
+    finally:
+        engine.shutdown()
