@@ -28,6 +28,7 @@ from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.models import ENGLISH_WORDS
 
 MODES = ("exposst", "shift", "recompute", "offline")
+QUEUEING = ("exposst", "shift")  # the modes that queue READs (vllm_exposst/queued_read.py)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slot-len", type=int, default=DEFAULT_SLOT_LEN)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument(
+        "--queue-reads",
+        nargs="+",
+        choices=["on", "off"],
+        default=["on"],
+        help="queued READs (exposst and shift; 'on off' measures both in one run)",
+    )
     parser.add_argument("--max-target-tokens", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("docs/bench/engine.json"))
     parser.add_argument("--plot", type=Path, default=None, help="PNG of throughput per mode")
@@ -64,7 +72,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_level(
-    engine: SimulEngine, sentences: list[str], mode: str, level: int, args: argparse.Namespace
+    engine: SimulEngine,
+    sentences: list[str],
+    mode: str,
+    level: int,
+    args: argparse.Namespace,
+    queue_reads: bool = True,
 ) -> dict:
     gate = asyncio.Semaphore(level)
 
@@ -77,6 +90,7 @@ async def run_level(
                 mode=mode,
                 slot_len=args.slot_len,
                 max_target_tokens=args.max_target_tokens,
+                queue_reads=queue_reads,
             )
             return result, time.perf_counter() - start
 
@@ -84,16 +98,19 @@ async def run_level(
     done = await asyncio.gather(*[one(s) for s in sentences])
     wall = time.perf_counter() - start
     counts = (await engine.stats())["tokens_computed"]
-    ratios, read, steps, target_tokens = [], [], [], 0
+    ratios, read, steps, target_tokens, queued, chunks = [], [], [], 0, 0, 0
     for result, _ in done:
         computed = sum(counts.get(r, 0) for r in result.request_ids)
         ratios.append(computed / result.tokens_minimum)
         read += result.read_latencies
         steps += result.decode_steps
         target_tokens += len(result.target_ids)
+        queued += result.queued_reads
+        chunks += len(result.read_latencies)
     step = statistics.median(steps) if steps else float("nan")
     return {
         "mode": mode,
+        "queue_reads": queue_reads and mode in QUEUEING,
         "concurrency": level,
         "sentences": len(sentences),
         "computed_over_minimum": statistics.mean(ratios),
@@ -104,6 +121,9 @@ async def run_level(
         "read_to_write_median_ms": 1000 * statistics.median(read) if read else float("nan"),
         "read_to_write_p90_ms": 1000 * percentile(read, 0.9),
         "decode_step_median_ms": 1000 * step,
+        "read_to_write_over_step": (statistics.median(read) / step) if read and steps else None,
+        "read_chunks": chunks,
+        "queued_reads": queued,
     }
 
 
@@ -114,6 +134,7 @@ def table(results: list[dict]) -> None:
     out = Table(title="engine benchmark")
     columns = [
         ("mode", "mode", "{}"),
+        ("queued", "queue_reads", "{}"),
         ("conc", "concurrency", "{}"),
         ("computed/min", "computed_over_minimum", "{:.2f}"),
         ("s/sentence", "seconds_per_sentence", "{:.2f}"),
@@ -123,10 +144,13 @@ def table(results: list[dict]) -> None:
         ("R2W med ms", "read_to_write_median_ms", "{:.0f}"),
         ("R2W p90 ms", "read_to_write_p90_ms", "{:.0f}"),
         ("step ms", "decode_step_median_ms", "{:.0f}"),
+        ("R2W/step", "read_to_write_over_step", "{:.2f}"),
+        ("queued/READs", "queued_share", "{:.2f}"),
     ]
     for title, *_ in columns:
         out.add_column(title)
     for row in results:
+        row["queued_share"] = row["queued_reads"] / row["read_chunks"] if row["read_chunks"] else 0
         out.add_row(*[fmt.format(row.get(key, float("nan"))) for _, key, fmt in columns])
     Console(width=160).print(out)
 
@@ -144,13 +168,15 @@ def add_ratios(results: list[dict]) -> None:
 def plot(results: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for mode in MODES:
-        rows = [r for r in results if r["mode"] == mode]
-        if not rows:
-            continue
+    lines = sorted(
+        {(r["mode"], r["queue_reads"]) for r in results}, key=lambda k: MODES.index(k[0])
+    )
+    for mode, queued in lines:
+        rows = [r for r in results if (r["mode"], r["queue_reads"]) == (mode, queued)]
+        label = f"{mode}, queued READs" if queued else mode
         levels = [r["concurrency"] for r in rows]
-        axes[0].plot(levels, [r["sentences_per_second"] for r in rows], marker="o", label=mode)
-        axes[1].plot(levels, [r["computed_over_minimum"] for r in rows], marker="o", label=mode)
+        axes[0].plot(levels, [r["sentences_per_second"] for r in rows], marker="o", label=label)
+        axes[1].plot(levels, [r["computed_over_minimum"] for r in rows], marker="o", label=label)
     axes[0].set(xlabel="concurrent sessions", ylabel="sentences / s", xscale="log")
     axes[1].set(xlabel="concurrent sessions", ylabel="tokens computed / minimum", xscale="log")
     axes[0].legend()
@@ -177,9 +203,14 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     results = []
     try:
         await engine.translate(sentences[0], policy=args.policy)  # warm-up
-        plan = [(m, c) for c in args.concurrency for m in args.modes]
-        for mode, level in tqdm(plan, desc="benchmark", file=sys.stderr):
-            results.append(await run_level(engine, sentences, mode, level, args))
+        plan = [
+            (mode, level, queue == "on")
+            for level in args.concurrency
+            for mode in args.modes
+            for queue in (args.queue_reads if mode in QUEUEING else ["off"])
+        ]
+        for mode, level, queue in tqdm(plan, desc="benchmark", file=sys.stderr):
+            results.append(await run_level(engine, sentences, mode, level, args, queue))
     finally:
         engine.shutdown()
     return results
