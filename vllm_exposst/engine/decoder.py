@@ -18,15 +18,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..defaults import OFFLINE, target_token_limit
 from ..layout import READ, WRITE, make_allocator
 from ..policies import Offline, Policy, PolicyState
 from ..prompts import PromptTemplate, word_delays, word_starts
-from ..queued_read import QUEUED_KEY, QueuedRead
-from .request import QueuedChunk, RequestTarget, Sampled, StreamRequest
+from .read_queue import Queued, ReadPlan, is_queued_chunk, queue_chunk, reads_ahead, turn_length
+from .request import RequestTarget, Sampled, StreamRequest
 from .source import SourceBuffer
 from .types import SessionConfig, SessionError, SessionResult, TargetPiece, TurnStats
 
@@ -47,30 +46,6 @@ class DecoderHost(Protocol):
     def emit(self, piece: TargetPiece) -> None: ...
 
     def touch(self) -> None: ...
-
-
-@dataclass
-class ReadPlan:
-    """A WRITE turn about to be sent, and the READ after it, decided in advance."""
-
-    words: int  # words the turn writes
-    carried: Sampled  # the lookahead it feeds itself (carried from the turn before)
-    allocated: int  # target positions allocated for it before it is sent
-    reads: int  # units read after it (its READ chunk: units ``read .. reads - 1``)
-    read: int  # the first of them
-    count: int | None  # words the turn after the READ writes (None: the tail)
-    room: int  # target tokens left before the turn
-
-
-@dataclass
-class Queued:
-    """A queued READ in flight: what was sent, and (once its turn before is back) how
-    many sampled tokens that turn kept."""
-
-    plan: ReadPlan
-    read: QueuedRead
-    chunk: QueuedChunk
-    kept: int = 0
 
 
 class SessionDecoder:
@@ -140,12 +115,27 @@ class SessionDecoder:
         if self.positions_allocated:
             extra.update(start=self.request.num_tokens, positions=self.buffer_pos, decode=decode)
         queued, self.queued = self.queued, None
-        if queued is not None:
-            self._check_queued(queued, extra, turn["max_tokens"])
-        follow = self._queue_read(plan, turn["max_tokens"]) if plan is not None else None
+        start = self.request.num_tokens
+        if queued is not None and not is_queued_chunk(
+            queued, self.buffer, extra, turn["max_tokens"], self.target_ids[-1], start
+        ):
+            raise SessionError("internal error: a queued READ differs from the session's chunk")
+        follow = None
+        if plan is not None:
+            follow = queue_chunk(
+                plan,
+                source=self.s.source,
+                max_word_tokens=self.s.config.max_word_tokens,
+                stop_id=self.s.template.stop_id,
+                allocator=self.allocator if self.positions_allocated else None,
+                model_room=self.request.room(len(self.buffer)),
+                max_tokens=turn["max_tokens"],
+            )
         behind = dict(
             queue=follow.chunk if follow else None,
-            turn_length=self._turn_length(plan) if follow else None,
+            turn_length=turn_length(plan, self.s.template.stop_id, self._split_words)
+            if follow
+            else None,
         )
         if queued is not None:
             self.queued_reads += 1
@@ -164,85 +154,9 @@ class SessionDecoder:
         self.buffer, self.buffer_pos, self.unsent_source = [], [], 0
         return sampled
 
-    # -- queued READs (vllm_exposst.queued_read) ------------------------------------
-    def _plan_read(self, read: int, written: int, count: int | None, room: int) -> int | None:
-        """Where the READ after a turn writing ``count`` words ends, if it can be queued
-        behind that turn: every unit it reads has arrived, and no budget can end either
-        turn early.  None otherwise (the chunk is sent when the turn is back)."""
-        config, source, policy = self.s.config, self.s.source, self.policy
-        if not config.queue_reads or self.mode not in ("exposst", "shift") or count is None:
-            return None
-        if policy.needs_confidence or policy.unit != "word":
-            return None
-        end = read
-        while policy.decide(PolicyState(end, written + count, source.done(end))) == READ:
-            if end >= len(source.units):
-                return None  # a unit still to come
-            end += 1
-        if end == read or (end == len(source.units) and not source.finished):
-            return None  # no READ, or one whose "source done" may still change
-        return end
-
-    def _queue_read(self, plan: ReadPlan, max_tokens: int) -> Queued | None:
-        """The queued READ chunk for ``plan``, if both turns fit the model's length."""
-        config, source = self.s.config, self.s.source
-        reads = [len(unit) for unit in source.units[plan.read : plan.reads]]
-        longest = plan.words * config.max_word_tokens
-        if plan.count is None:
-            if plan.room - longest < 1:
-                return None
-            after, tail_room = plan.room + 1, plan.room
-        else:
-            if plan.room - longest < plan.count * config.max_word_tokens:
-                return None
-            after, tail_room = plan.count * config.max_word_tokens + 1, None
-        copy = 1 if self.positions_allocated and self.allocator.refeed_rule else 0
-        room = self.request.room(len(self.buffer))
-        if max_tokens > room or room - (max_tokens - 1) - (sum(reads) + copy) < after:
-            return None
-        read = QueuedRead(
-            stop_id=self.s.template.stop_id,
-            carried=len(plan.carried),
-            allocated=plan.allocated,
-            reads=reads,
-            allocator=self.allocator.state() if self.positions_allocated else None,
-            tail_room=tail_room,
-        )
-        words = {"carried": 0, "max_word_tokens": config.max_word_tokens}
-        if plan.count is not None:
-            words["words"] = plan.count
-        tokens = [token for unit in source.units[plan.read : plan.reads] for token in unit]
-        chunk = QueuedChunk(tokens, after, {**words, QUEUED_KEY: read.to_args()})
-        return Queued(plan, read, chunk)
-
-    def _turn_length(self, plan: ReadPlan):
-        """Where a turn with a READ queued behind it ends within its sampled tokens, once
-        that shows (its lookahead: the first token of the word after ``plan.words``, or
-        the stop token); None before."""
-        stop, lead = self.s.template.stop_id, plan.carried
-
-        def length(sampled: Sampled) -> int | None:
-            tokens = [token for token, _ in sampled]
-            ends = [tokens.index(stop) + 1] if stop in tokens else []
-            words = self._split_words(lead + sampled)
-            if len(words) > plan.words:
-                ends.append(sum(len(word) for word in words[: plan.words]) + 1 - len(lead))
-            return min(ends, default=None)
-
-        return length
-
-    def _check_queued(self, queued: Queued, extra: dict, max_tokens: int) -> None:
-        """The chunk the loop built must be the one queued (as the engine completed it)."""
-        done = queued.read.complete(queued.kept, self.target_ids[-1], self.request.num_tokens)
-        expected_max = done.max_tokens if done.max_tokens is not None else queued.chunk.max_tokens
-        same = (
-            self.buffer == queued.chunk.tokens + done.extra_tokens
-            and max_tokens == expected_max
-            and extra.get("words") == queued.plan.count
-            and (done.positions is None or all(extra[k] == v for k, v in done.positions.items()))
-        )
-        if not same:
-            raise SessionError("internal error: a queued READ differs from the session's chunk")
+    def _may_queue(self, count: int | None) -> bool:
+        """May the READ after a turn of ``count`` words go behind it (queued_read.py)?"""
+        return self.s.config.queue_reads and self.mode in ("exposst", "shift") and count is not None
 
     async def release(self, completed: bool) -> None:
         """Finish (after a completed sentence) or abort the engine request."""
@@ -339,9 +253,11 @@ class SessionDecoder:
             decode, allocated = self._frontier(), 0
         budget = room if count is None else min(room, count * config.max_word_tokens)
         plan = None
-        if (reads := self._plan_read(read, written, count, room)) is not None:
+        if self._may_queue(count) and (
+            (reads := reads_ahead(self.policy, self.s.source, read, written + count)) is not None
+        ):
             after = self._planned_words(reads, written + count, self.s.source.done(reads))
-            plan = ReadPlan(count, carried, allocated, reads, read, after, room)
+            plan = ReadPlan(count, carried, allocated, read, reads, after, room)
         words = {"carried": len(carried), "max_word_tokens": config.max_word_tokens}
         if count is not None:
             words["words"] = count
