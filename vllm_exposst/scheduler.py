@@ -64,6 +64,8 @@ class ExposstScheduler(Scheduler):
         self.chunk_counts = {"chunks_scheduled": 0, "chunks_delayed": 0, "chunk_wait_steps": 0}
         self.session_preemptions = 0  # session requests vLLM preempted (KV cache full)
         self.queued_counts = {"queued_reads": 0, "queued_reads_dropped": 0}
+        # seconds spent in schedule() and update_from_output(), summed (profile_step.py)
+        self.host_seconds = {"schedule": 0.0, "update_from_output": 0.0}
 
     # -- word-boundary stop ---------------------------------------------------
     def _word_start_table(self) -> list[bool]:
@@ -140,6 +142,21 @@ class ExposstScheduler(Scheduler):
         requests (sessions) before new ones.  Prefills only lose steps to sessions
         with new source.
         """
+        began = time.perf_counter()
+        try:
+            return self._schedule(*args, **kwargs)
+        finally:
+            self.host_seconds["schedule"] += time.perf_counter() - began
+
+    def update_from_output(self, *args: Any, **kwargs: Any):
+        """vLLM's, timed (the scheduler's share of a step: ``exposst_stats``)."""
+        began = time.perf_counter()
+        try:
+            return super().update_from_output(*args, **kwargs)
+        finally:
+            self.host_seconds["update_from_output"] += time.perf_counter() - began
+
+    def _schedule(self, *args: Any, **kwargs: Any):
         self.schedule_calls += 1
         config = self.scheduler_config
         saved = config.long_prefill_token_threshold
@@ -260,6 +277,8 @@ class ExposstScheduler(Scheduler):
             **self.chunk_counts,
             **self.queued_counts,
             "session_preemptions": self.session_preemptions,
+            "schedule_calls": self.schedule_calls,
+            "scheduler_seconds": dict(self.host_seconds),
             "tokens_computed": self._tokens_computed(request_ids),
         }
 

@@ -320,6 +320,13 @@ def apply() -> None:
 
 def _switched(original: Any, fixed: Any) -> Any:
     def op(*args: Any, **kwargs: Any) -> Any:
-        return (fixed if _active else original)(*args, **kwargs)
+        chosen = fixed if _active else original
+        if torch.autograd.profiler._is_profiler_enabled:  # eval/profile_step.py's LoRA share
+            with torch.profiler.record_function(PROFILE_LABEL):
+                return chosen(*args, **kwargs)
+        return chosen(*args, **kwargs)
 
     return op
+
+
+PROFILE_LABEL = "exposst::lora"  # a profiler range around every LoRA op (only when profiling)

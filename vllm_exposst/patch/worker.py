@@ -7,6 +7,7 @@ on its first step; runners of other engines get None and run vLLM's code unchang
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ..positions import PositionHook
@@ -21,7 +22,8 @@ def apply() -> None:
         def _update_states(self: Any, scheduler_output: Any) -> Any:
             hook = hook_for(self)
             if hook is not None:
-                hook.on_scheduler_output(scheduler_output)
+                with profiled():
+                    hook.on_scheduler_output(scheduler_output)
             return original(self, scheduler_output)
 
         return _update_states
@@ -33,13 +35,26 @@ def apply() -> None:
             result = original(self, scheduler_output, num_scheduled_tokens_np, *args, **kw)
             hook = hook_for(self)
             if hook is not None:
-                hook.rewrite(self, num_scheduled_tokens_np)
+                with profiled():
+                    hook.rewrite(self, num_scheduled_tokens_np)
             return result
 
         return _prepare_inputs
 
     replace(GPUModelRunner, "_update_states", update_states)
     replace(GPUModelRunner, "_prepare_inputs", prepare_inputs)
+
+
+PROFILE_LABEL = "exposst::positions"  # a profiler range around the hook (only when profiling)
+
+
+def profiled() -> Any:
+    """A profiler range for the position hook while a profiler runs (eval/profile_step.py)."""
+    import torch
+
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.profiler.record_function(PROFILE_LABEL)
+    return contextlib.nullcontext()
 
 
 def hook_for(runner: Any) -> PositionHook | None:
