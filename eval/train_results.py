@@ -51,6 +51,14 @@ RUNS: dict[str, list[str]] = {
         "--lora-r", "8", "--lora-alpha", "16", "--eval-sentences", "200", "--eval-decode", "0",
         "--eval-every", "100", "--save-every", "50", "--log-every", "5", "--threads", "1",
     ],
+    # its second stage: from the first, another draw of batches (seed 1), bf16 autocast
+    "offline-cpu-2": [
+        "--layout", "offline", "--init-adapter", "{out}/offline-cpu", "--seed", "1",
+        "--max-steps", "850", "--batch-tokens", "2048", "--lr", "3e-4", "--lora-r", "8",
+        "--lora-alpha", "16", "--precision", "bfloat16", "--eval-sentences", "200",
+        "--eval-decode", "0", "--eval-every", "250", "--save-every", "100", "--log-every", "10",
+        "--threads", "2",
+    ],
 }  # fmt: skip
 
 
@@ -91,7 +99,8 @@ def train_command(name: str, args: argparse.Namespace) -> list[str]:
     cmd += ["--bf16"] if args.bf16 else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
-    cmd += RUNS[name]  # last: a run's own flags win (argparse keeps the last value)
+    # last: a run's own flags win (argparse keeps the last value); {out} is --out
+    cmd += [flag.format(out=args.out) for flag in RUNS[name]]
     return cmd + ["--overwrite", "-o", str(args.out / name)]
 
 
