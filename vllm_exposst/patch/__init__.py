@@ -45,7 +45,8 @@ LEDGER: tuple[Patch, ...] = (
         why="write the allocated positions into the runner's host position buffer after "
         "vLLM computed num_computed_tokens + arange (used for token ids and slot mapping) "
         "and before it is copied to the device: RoPE sees ExPosST positions, attention "
-        "and the KV layout stay physical",
+        "and the KV layout stay physical (an 'exposst::positions' profiler range while a "
+        "torch profiler runs)",
         breaks_if="positions are no longer prepared in this method, the host buffer "
         "(positions.np / positions.cpu) is renamed, or the model runner V2 is used",
         module="worker",
@@ -59,7 +60,9 @@ LEDGER: tuple[Patch, ...] = (
         "merged one), and read index -1 as the last adapter slot, so plain requests beside "
         "LoRA requests run someone else's adapter; the replacements group tokens by "
         "adapter (one matmul per adapter present, a plain matmul when one adapter covers "
-        "the batch) and give -1 tokens zero. A candidate to offer upstream",
+        "the batch) and give -1 tokens zero; while a torch profiler runs, each op call is "
+        "an 'exposst::lora' range (eval/profile_step.py's LoRA share). A candidate to "
+        "offer upstream",
         breaks_if="the ops' signatures or the prefill metadata (seq starts, lengths, "
         "per-run indices from compute_meta) change, PunicaWrapperCPU stops looking the "
         "ops up by these names, or vLLM fixes both itself (then redundant, not wrong)",
