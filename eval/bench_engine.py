@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from vllm_exposst import models
-from vllm_exposst.defaults import DEFAULT_SLOT_LEN
+from vllm_exposst.defaults import CACHE_KEEPING_MODES, DEFAULT_SLOT_LEN
 from vllm_exposst.engine import SimulEngine
 from vllm_exposst.evaluation.plots import pyplot
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.models import ENGLISH_WORDS
 
 MODES = ("exposst", "shift", "recompute", "offline")
-QUEUEING = ("exposst", "shift")  # the modes that queue READs (vllm_exposst/queued_read.py)
+QUEUEING = CACHE_KEEPING_MODES  # the modes that queue READs (vllm_exposst/queued_read.py)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

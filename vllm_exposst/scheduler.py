@@ -18,9 +18,11 @@ It subclasses :class:`~vllm.v1.core.sched.scheduler.Scheduler`, the class vLLM
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -142,19 +144,22 @@ class ExposstScheduler(Scheduler):
         requests (sessions) before new ones.  Prefills only lose steps to sessions
         with new source.
         """
-        began = time.perf_counter()
-        try:
+        with self._timed("schedule"):
             return self._schedule(*args, **kwargs)
-        finally:
-            self.host_seconds["schedule"] += time.perf_counter() - began
 
     def update_from_output(self, *args: Any, **kwargs: Any):
         """vLLM's, timed (the scheduler's share of a step: ``exposst_stats``)."""
+        with self._timed("update_from_output"):
+            return super().update_from_output(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        """Add the block's seconds to ``host_seconds[part]``."""
         began = time.perf_counter()
         try:
-            return super().update_from_output(*args, **kwargs)
+            yield
         finally:
-            self.host_seconds["update_from_output"] += time.perf_counter() - began
+            self.host_seconds[part] += time.perf_counter() - began
 
     def _schedule(self, *args: Any, **kwargs: Any):
         self.schedule_calls += 1

@@ -20,7 +20,7 @@ import math
 import time
 from typing import Any, Protocol
 
-from ..defaults import OFFLINE, target_token_limit
+from ..defaults import CACHE_KEEPING_MODES, OFFLINE, target_token_limit
 from ..layout import READ, WRITE, make_allocator
 from ..policies import Offline, Policy, PolicyState
 from ..prompts import PromptTemplate, word_delays, word_starts
@@ -156,7 +156,7 @@ class SessionDecoder:
 
     def _may_queue(self, count: int | None) -> bool:
         """May the READ after a turn of ``count`` words go behind it (queued_read.py)?"""
-        return self.s.config.queue_reads and self.mode in ("exposst", "shift") and count is not None
+        return self.s.config.queue_reads and self.mode in CACHE_KEEPING_MODES and count is not None
 
     async def release(self, completed: bool) -> None:
         """Finish (after a completed sentence) or abort the engine request."""
