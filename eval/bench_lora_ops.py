@@ -1,11 +1,14 @@
-"""LoRA ops on the CPU: vLLM 0.32's per-token ops against the grouped ones (patch/lora_cpu).
+"""LoRA ops on the CPU: vLLM 0.32's per-token ops, the grouped ones, the fused projection.
 
 One engine step's LoRA work for SmolLM2-135M-Instruct's shapes (hidden 576, q 576,
 k/v 192, intermediate 1536, 30 layers, rank 8, the adapter on q/k/v/o/gate/up/down),
 run through vLLM's own ``PunicaWrapperCPU.add_lora_linear`` as the engine does
-(V1 on the CPU always takes the sgmv path), once with vLLM's ops and once with the
-grouped ones.  Beside them, the base model's dense projections for the same tokens
-(the arithmetic LoRA is added to), so the table shows what LoRA adds to a step.
+(V1 on the CPU always takes the sgmv path), three ways: vLLM's ops; the grouped ops
+of patch/lora_cpu.py, slice by slice as vLLM's wrapper calls them; and the fused
+``add_lora_linear`` of patch/lora_linear_cpu.py (a projection's slices stacked: one
+shrink and one expand per adapter), which is what the engine runs.  Beside them, the
+base model's dense projections for the same tokens (the arithmetic LoRA is added to),
+so the table shows what LoRA adds to a step.
 Prints a table (CPU milliseconds per step on one thread, median of ``--repeats``: the
 work itself, however busy the machine; the wall clock is in the record), writes a
 JSON record.
@@ -40,6 +43,11 @@ SCENARIOS = [
     ("prefill 128, one adapter", [128], [1]),
     ("prefill 4x40, 2 adapters + base", [40] * 4, [1, 2, 0, 1]),
 ]
+
+
+# (label, grouped ops active, slices fused): vLLM's ops, the grouped ops slice by slice,
+# the fused add_lora_linear (patch/lora_linear_cpu.py, what the engine runs)
+VARIANTS = [("per_token", False, False), ("grouped", True, False), ("fused", True, True)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,7 +133,7 @@ def timed(step, repeats: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     from vllm_exposst import plugin
-    from vllm_exposst.patch import lora_cpu
+    from vllm_exposst.patch import lora_cpu, lora_linear_cpu
 
     args = parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -141,13 +149,14 @@ def main(argv: list[str] | None = None) -> None:
         outputs = {width: torch.zeros(tokens, width, dtype=dtype) for width in widths}
         cell = {"scenario": name, "tokens": tokens}
         step = functools.partial(lora_step, wrapper, layers, inputs, outputs)
-        for label, active in (("per_token", False), ("grouped", True)):
-            lora_cpu._active = active
+        for label, active, fused in VARIANTS:
+            lora_cpu._active, lora_linear_cpu.fuse_slices = active, fused
             cell[f"{label}_ms"], cell[f"{label}_wall_ms"] = timed(step, args.repeats)
-        lora_cpu._active = False
+        lora_cpu._active, lora_linear_cpu.fuse_slices = False, True
         dense = functools.partial(dense_step, layers, inputs)
         cell["dense_ms"], cell["dense_wall_ms"] = timed(dense, args.repeats)
-        cell["speedup"] = cell["per_token_ms"] / cell["grouped_ms"]
+        cell["speedup"] = cell["per_token_ms"] / cell["fused_ms"]
+        cell["fused_over_grouped"] = cell["fused_ms"] / cell["grouped_ms"]
         if not rows:
             print_header()
         rows.append(cell)
@@ -168,14 +177,15 @@ def main(argv: list[str] | None = None) -> None:
 def print_header() -> None:
     print(
         f"{'scenario':34} {'tokens':>6} {'per-token ms':>13} {'grouped ms':>11} "
-        f"{'speedup':>8} {'dense ms':>9}"
+        f"{'fused ms':>9} {'speedup':>8} {'dense ms':>9} {'fused/dense':>11}"
     )
 
 
 def print_row(cell: dict) -> None:
     print(
         f"{cell['scenario']:34} {cell['tokens']:6d} {cell['per_token_ms']:13.2f} "
-        f"{cell['grouped_ms']:11.2f} {cell['speedup']:7.1f}x {cell['dense_ms']:9.2f}",
+        f"{cell['grouped_ms']:11.2f} {cell['fused_ms']:9.2f} {cell['speedup']:7.1f}x "
+        f"{cell['dense_ms']:9.2f} {cell['fused_ms'] / cell['dense_ms']:11.2f}",
         flush=True,
     )
 

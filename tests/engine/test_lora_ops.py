@@ -199,3 +199,76 @@ def test_the_cpu_wrapper_calls_the_grouped_ops_only_when_active(monkeypatch):
         monkeypatch.setattr(lora_cpu, "_active", False)
         assert torch.all(after[0] == 0) and torch.all(after[3] == 0), name
         torch.testing.assert_close(after[1:3], before[1:3])
+
+
+def cpu_wrapper(indices: torch.Tensor, prefill: bool) -> punica_cpu.PunicaWrapperCPU:
+    """vLLM's own wrapper, its metadata set as the runner sets it (slot s is LoRA id s+1)."""
+    from vllm.lora.layers import LoRAMapping
+
+    wrapper = punica_cpu.PunicaWrapperCPU(max_num_batched_tokens=64, max_batches=64, device="cpu")
+    ids = tuple(int(slot) + 1 for slot in indices.tolist())  # -1 -> id 0: no LoRA
+    mapping = LoRAMapping(ids, ids, is_prefill=prefill)
+    wrapper.update_metadata(mapping, list(range(1, SLOTS + 1)), SLOTS, vocab_size=100)
+    return wrapper
+
+
+def linear_reference(x, lora_a, lora_b, indices, scale, start):
+    """Slice by slice, token by token: the shrink in float32, the expand in y's dtype."""
+    expected = start.clone()
+    offset = 0
+    for a, b in zip(lora_a, lora_b):
+        size = b.shape[-2]
+        shrunk = scale * loop_reference(x, a, indices, torch.float32)
+        expected[:, offset : offset + size] += loop_reference(shrunk, b, indices, start.dtype)
+        offset += size
+    return expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("shape", list(SLICES))
+@pytest.mark.parametrize("prefill", [False, True], ids=["decode", "prefill"])
+def test_fused_lora_linear_equals_slice_by_slice(pattern, dtype, shape, prefill, monkeypatch):
+    """patch/lora_linear_cpu (slices stacked, one shrink and one expand per adapter)
+    against a per-token, per-slice loop, and against vLLM's own slice-by-slice
+    add_lora_linear with vLLM's ops where every token has an adapter."""
+    plugin.register()
+    indices, x, _, generator = make(pattern, dtype, seed=7)
+    sizes = SLICES[shape]
+    lora_a = tuple(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=generator) for _ in sizes)
+    lora_b = tuple(torch.randn(SLOTS, 1, s, RANK, generator=generator) for s in sizes)
+    lora_a, lora_b = (tuple(w.to(dtype) for w in stack) for stack in (lora_a, lora_b))
+    start = torch.randn(len(indices), sum(sizes) + 5, generator=generator).to(dtype)  # + padding
+    wrapper = cpu_wrapper(indices, prefill)
+    ours, theirs = start.clone(), start.clone()
+    monkeypatch.setattr(lora_cpu, "_active", True)
+    wrapper.add_lora_linear(ours, x, lora_a, lora_b, 0.5, sizes)
+    monkeypatch.setattr(lora_cpu, "_active", False)
+    torch.testing.assert_close(ours, linear_reference(x, lora_a, lora_b, indices, 0.5, start))
+    if bool((indices >= 0).all()):
+        wrapper.add_lora_linear(theirs, x, lora_a, lora_b, 0.5, sizes)  # vLLM's path and ops
+        torch.testing.assert_close(ours, theirs)
+    if not bool((indices >= 0).any()):
+        assert torch.equal(ours, start)
+
+
+def test_fused_weights_follow_a_slot_rewrite(monkeypatch):
+    """A new adapter written into a slot (as vLLM's set_lora does, in place) is used at
+    the next call, not the stacked copy of the old one."""
+    plugin.register()
+    indices, x, _, generator = make("runs", torch.float32, seed=8)
+    sizes = SLICES["qkv"]
+    lora_a = tuple(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=generator) for _ in sizes)
+    lora_b = tuple(torch.randn(SLOTS, 1, s, RANK, generator=generator) for s in sizes)
+    wrapper = cpu_wrapper(indices, prefill=True)
+    monkeypatch.setattr(lora_cpu, "_active", True)
+    start = torch.zeros(len(indices), sum(sizes))
+    first = start.clone()
+    wrapper.add_lora_linear(first, x, lora_a, lora_b, 1.0, sizes)
+    with torch.inference_mode():  # vLLM loads adapters under inference mode
+        lora_a[1][2, 0].copy_(torch.randn(RANK, HIDDEN, generator=generator))
+        lora_b[2][0, 0].zero_()
+    second = start.clone()
+    wrapper.add_lora_linear(second, x, lora_a, lora_b, 1.0, sizes)
+    torch.testing.assert_close(second, linear_reference(x, lora_a, lora_b, indices, 1.0, start))
+    assert not torch.allclose(first, second)

@@ -69,6 +69,20 @@ LEDGER: tuple[Patch, ...] = (
         module="lora_cpu",
     ),
     Patch(
+        target="vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU.add_lora_linear",
+        why="it runs a shrink and an expand per output slice (3 each for q/k/v, 2 for "
+        "gate/up) and allocates a buffer per slice every call, so a CPU LoRA step is "
+        "mostly calls, not arithmetic; the replacement stacks a projection's slices per "
+        "adapter slot (A stacked, B block-diagonal; rebuilt when vLLM writes the slot) and "
+        "runs one shrink and one expand per adapter present, same dtypes (only when the "
+        "grouped ops are active and the caller passes no buffer). A candidate to offer "
+        "upstream",
+        breaks_if="add_lora_linear's signature or its slice semantics change, the stacked "
+        "weights stop being (slots, 1, out, in) tuples per slice, or the wrapper's "
+        "metadata (is_prefill, no_lora, prefill_metadata, token_lora_indices) changes",
+        module="lora_linear_cpu",
+    ),
+    Patch(
         target="vllm.config.VllmConfig.use_v2_model_runner",
         why="pin ExPosST engines to the V1 model runner, the one the worker patch is "
         "written for (as VLLM_USE_V2_MODEL_RUNNER=0 would)",
@@ -177,10 +191,11 @@ def replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
 
 def apply_all() -> None:
     """Apply every patch of the ledger (idempotent)."""
-    from . import api_server, engine_args, engine_core, lora_cpu, teardown, worker
+    from . import api_server, engine_args, engine_core, lora_cpu, lora_linear_cpu, teardown, worker
 
     worker.apply()
     lora_cpu.apply()
+    lora_linear_cpu.apply()
     engine_core.apply()
     api_server.apply()
     engine_args.apply()

@@ -1,0 +1,135 @@
+"""One shrink and one expand per LoRA projection on vLLM 0.32's CPU path, all slices fused.
+
+``PunicaWrapperCPU.add_lora_linear`` runs a shrink and an expand per output slice
+(three of each for q/k/v, two for gate/up), each a rank-8 product with Python around
+it, and allocates a float32 buffer per slice every call: on a CPU the calls, not the
+arithmetic, are what a LoRA step costs beyond the base model (docs/benchmarks.md).
+The replacement stacks a projection's slices once per adapter slot: the A matrices
+one above the other (``(n*r, in)``), the B matrices block-diagonal (``(out, n*r)``).
+Then, per adapter present in the batch (the groups of :mod:`.lora_cpu`), it runs one
+shrink into a float32 buffer and one expand into the output, in the same dtypes as
+vLLM's slice-by-slice path (the extra products with the zero blocks add exact zeros).
+
+The stacked weights are kept per slot and rebuilt when vLLM writes a slot (a new
+adapter, or one removed), which the tensors' version counters tell.  Like the grouped
+ops, it takes effect only in a worker of an engine that runs ExPosST (``lora_cpu``'s
+switch) and only where the caller passes no buffer of its own; nothing here is
+ExPosST-specific: a candidate to offer upstream with the grouped ops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import lora_cpu, replace
+
+# per projection (keyed by its first A tensor's storage): the weights' versions, and
+# per (slot, dtype) the stacked A (n*r, in) and block-diagonal B (out, n*r)
+_stacked: dict[int, tuple[tuple, dict[tuple[int, torch.dtype], tuple]]] = {}
+# whether the fused path runs where the grouped ops are active (bench_lora_ops compares)
+fuse_slices = True
+
+
+def _versions(tensors: tuple[torch.Tensor, ...]) -> tuple:
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def fused_weights(
+    lora_a: tuple[torch.Tensor, ...],
+    lora_b: tuple[torch.Tensor, ...],
+    slot: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One slot's A matrices stacked (float32) and B matrices block-diagonal (``dtype``).
+
+    Built on first use and again after vLLM writes any of the projection's weights."""
+    key = lora_a[0].data_ptr()
+    versions = _versions(lora_a + lora_b)
+    cached = _stacked.get(key)
+    if cached is None or cached[0] != versions:
+        cached = (versions, {})
+        _stacked[key] = cached
+    found = cached[1].get((slot, dtype))
+    if found is None:
+        a = torch.cat([weights[slot, 0] for weights in lora_a]).to(torch.float32)
+        b = torch.block_diag(*[weights[slot, 0] for weights in lora_b]).to(dtype)
+        found = (a.t().contiguous(), b.t().contiguous())
+        cached[1][(slot, dtype)] = found
+    return found
+
+
+def step_groups(wrapper: Any) -> lora_cpu.Groups:
+    """This step's (adapter slot, rows) groups, from the wrapper's metadata."""
+    if wrapper.is_prefill:
+        if wrapper.no_lora:
+            return []
+        starts, lengths, adapters = wrapper.prefill_metadata[:3]
+        return lora_cpu._segment_groups(starts, lengths, adapters)
+    return lora_cpu._token_groups(wrapper.token_lora_indices)
+
+
+def add_lora_linear_fused(
+    wrapper: Any,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: tuple[torch.Tensor, ...],
+    lora_b: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+) -> None:
+    """``y[:, :sum(slices)] += scale * x @ A.T @ B.T`` per row's adapter, slices fused.
+
+    As vLLM's CPU path: the shrink in float32 (its default buffer), the expand in
+    ``y``'s dtype; rows without an adapter are left alone."""
+    groups = step_groups(wrapper)
+    if not groups:
+        return
+    x = x.view(-1, x.shape[-1])
+    out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]
+    for slot, rows in groups:
+        a, b = fused_weights(lora_a, lora_b, slot, out.dtype)
+        if lora_cpu._whole(rows, x.shape[0]):
+            shrunk = torch.mm(x.to(torch.float32), a).mul_(scale)
+            lora_cpu._addmm(out, shrunk.to(out.dtype), b, True, 1.0)
+            continue
+        inputs = x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
+        shrunk = torch.mm(inputs.to(torch.float32), a).mul_(scale)
+        product = torch.mm(shrunk.to(out.dtype), b)
+        if isinstance(rows, slice):
+            out[rows] += product
+        else:
+            out.index_add_(0, rows, product)
+
+
+def _takes(lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...], buffer: Any) -> bool:
+    """Whether the fused path runs: grouped ops active, no caller buffer, and each
+    slice's B as wide as its output slice (else vLLM's own slice-by-slice path)."""
+    if not (lora_cpu._active and fuse_slices) or buffer is not None:
+        return False
+    return len(lora_b) == len(output_slices) and all(
+        weights.shape[-2] == size for weights, size in zip(lora_b, output_slices)
+    )
+
+
+def apply() -> None:
+    """Route ``PunicaWrapperCPU.add_lora_linear`` through the fused path (when active)."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    replace(PunicaWrapperCPU, "add_lora_linear", _switched)
+
+
+def _switched(original: Any) -> Any:
+    def add_lora_linear(
+        self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs
+    ):
+        args = (y, x, lora_a_stacked, lora_b_stacked, scale, output_slices)
+        if not _takes(lora_b_stacked, output_slices, buffer):
+            return original(self, *args, buffer=buffer, **kwargs)
+        if torch.autograd.profiler._is_profiler_enabled:  # eval/profile_step.py's LoRA share
+            with torch.profiler.record_function(lora_cpu.PROFILE_LABEL):
+                return add_lora_linear_fused(self, *args)
+        return add_lora_linear_fused(self, *args)
+
+    return add_lora_linear
