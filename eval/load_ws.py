@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --start-server: serve this LoRA adapter as 'exposst' and speak to it",
     )
     parser.add_argument("--max-num-seqs", type=int, default=64, help="with --start-server")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="with --start-server"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/bench/load_ws.json"))
     return parser.parse_args(argv)
 
@@ -72,12 +75,18 @@ SENTENCES = [
 
 
 async def receive_sentence(
-    ws, sent_at: list[float], latencies: list[float], words: list[int], tail: list[float]
+    ws,
+    sent_at: list[float],
+    latencies: list[float],
+    words: list[int],
+    tail: list[float],
+    tokens: list[int] | None = None,
 ) -> None:
     """Deltas until ``done``: each delta's latency from the word that unlocked it.
 
     Deltas written after the last source word go to ``tail`` (timed from that word,
-    so they grow with the words still to write), the others to ``latencies``."""
+    so they grow with the words still to write), the others to ``latencies``;
+    ``tokens`` gets the sentence's ``tokens_computed`` (the engine's work for it)."""
     seen: list[tuple[int, float]] = []
     while True:
         event = json.loads(await ws.recv())
@@ -86,6 +95,8 @@ async def receive_sentence(
             seen.append((read, time.perf_counter() - sent_at[read - 1]))
         elif event["type"] == "response.output_text.done":
             words.append(len(event["text"].split()))
+            if tokens is not None:
+                tokens.append(event["tokens_computed"])
             for read, latency in seen:
                 (tail if read == len(sent_at) else latencies).append(latency)
             return
@@ -102,6 +113,7 @@ async def client(
     latencies: list[float],
     words: list[int],
     tail: list[float] | None = None,
+    tokens: list[int] | None = None,
 ) -> None:
     tail = [] if tail is None else tail
     async with websockets.connect(
@@ -112,7 +124,9 @@ async def client(
         await ws.recv()
         for sentence in sentences:
             sent_at: list[float] = []
-            receiver = asyncio.ensure_future(receive_sentence(ws, sent_at, latencies, words, tail))
+            receiver = asyncio.ensure_future(
+                receive_sentence(ws, sent_at, latencies, words, tail, tokens)
+            )
             await speak_sentence(ws, sentence, rate, sent_at)
             await receiver
         await ws.send(json.dumps({"type": "session.close"}))
@@ -123,10 +137,16 @@ def session_of(args: argparse.Namespace) -> dict:
     return {"policy": args.policy, **({"model": ADAPTER_NAME} if args.adapter else {})}
 
 
-async def run_level(args, url: str, headers: dict, sentences: list[str], n: int) -> dict:
+async def run_level(
+    args, url: str, headers: dict, sentences: list[str], n: int, rate: float | None = None
+) -> dict:
+    """``n`` clients speaking at ``rate`` (default ``args.rate``) words per second."""
+    rate = args.rate if rate is None else rate
     latencies: list[float] = []
     words: list[int] = []
     tail: list[float] = []
+    tokens: list[int] = []
+    spoken: list[int] = []
     start = time.perf_counter()
     jobs = []
     for i in range(n):
@@ -134,7 +154,9 @@ async def run_level(args, url: str, headers: dict, sentences: list[str], n: int)
             sentences[(i * args.sentences_per_client + j) % len(sentences)]
             for j in range(args.sentences_per_client)
         ]
-        jobs.append(client(url, headers, mine, args.rate, session_of(args), latencies, words, tail))
+        spoken += [len(sentence.split()) for sentence in mine]
+        session = session_of(args)
+        jobs.append(client(url, headers, mine, rate, session, latencies, words, tail, tokens))
     await asyncio.gather(*jobs)
     wall = time.perf_counter() - start
     ordered = sorted(latencies + tail)
@@ -145,12 +167,15 @@ async def run_level(args, url: str, headers: dict, sentences: list[str], n: int)
 
     return {
         "clients": n,
-        "rate_words_per_s": args.rate,
+        "rate_words_per_s": rate,
         "policy": args.policy,
         "sentences": len(words),
         "target_words": sum(words),
         "wall_seconds": wall,
         "words_written_per_second": sum(words) / wall,
+        "source_words": sum(spoken),
+        "tokens_computed": sum(tokens),
+        "tokens_per_second": sum(tokens) / wall,
         "read_to_write_ms": {
             "p50": pct(0.5),
             "p90": pct(0.9),
@@ -163,12 +188,16 @@ async def run_level(args, url: str, headers: dict, sentences: list[str], n: int)
 
 
 def start_server(
-    model: str, url: str, adapter: Path | None = None, max_num_seqs: int = 64
+    model: str,
+    url: str,
+    adapter: Path | None = None,
+    max_num_seqs: int = 64,
+    dtype: str = "float32",
 ) -> subprocess.Popen:
     from vllm_exposst import models
 
     port = int(url.rsplit(":", 1)[-1].strip("/"))
-    extra: list[str] = []
+    extra: list[str] = ["--dtype", dtype]  # after serve_command's float32: this one wins
     if adapter is not None:
         rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
         extra = ["--enable-lora", "--max-lora-rank", str(rank)]
@@ -188,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     if args.adapter and not args.start_server:
         raise SystemExit("load_ws: --adapter needs --start-server")
-    server = start_server(args.start_server, args.url, args.adapter) if args.start_server else None
+    server = None
+    if args.start_server:
+        server = start_server(
+            args.start_server, args.url, args.adapter, args.max_num_seqs, args.dtype
+        )
     try:
         # one sentence first, not measured: the first use of an adapter loads it, and
         # the first steps of a fresh engine are slow
@@ -220,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         url=args.url,
         server_model=args.start_server,
         adapter=str(args.adapter) if args.adapter else None,
-        dtype="float32",
+        dtype=args.dtype if args.start_server else None,
     )
     return 0
 
