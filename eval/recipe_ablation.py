@@ -12,6 +12,8 @@ set at a few wait-k values. The arms answer the questions of the two-stage recip
     k2-9            from-offline with k in 2..9
     lookahead       from-offline with lookahead labels
     r16             from-scratch at LoRA rank 16 (an offline r8 adapter cannot grow)
+    float32         from-offline trained in float32 (the others: bfloat16 autocast), for
+                    the trainer's precision default (docs/training.md)
 
 Arms whose evaluation record exists are not run again, so a series that outlasts a
 session goes on in the next one with the same command. The end prints a table and
@@ -45,6 +47,7 @@ ARMS: dict[str, list[str]] = {
     "k2-9": [*FROM_OFFLINE, "--policy", "wait-k:2-9"],
     "lookahead": [*FROM_OFFLINE, "--lookahead-labels"],
     "r16": ["--lora-r", "16", "--lora-alpha", "32"],
+    "float32": [*FROM_OFFLINE, "--precision", "float32"],
 }
 
 
