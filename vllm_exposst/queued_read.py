@@ -40,7 +40,8 @@ class QueuedRead:
     allocated: int  # target positions allocated for the turn before when it was sent
     reads: list[int]  # tokens per source unit in the chunk, in order
     allocator: dict[str, Any] | None = None  # its state then (None: vLLM's own positions)
-    tail_room: int | None = None  # target tokens left before the turn (tail turn); None: fixed
+    room: int | None = None  # target tokens left before the turn before; None: a fixed budget
+    word_cap: int | None = None  # the turn after's word budget (words x max tokens); None: tail
 
     def to_args(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +59,10 @@ class QueuedRead:
         tokens (its lookahead dropped); ``last_token`` is the request's last token (the
         turn's last written target token), ``start`` its token count."""
         written = self.carried + kept
-        max_tokens = None if self.tail_room is None else self.tail_room - written + 1
+        max_tokens = None
+        if self.room is not None:  # as the session budgets it: what is left, at most the cap
+            left = self.room - written
+            max_tokens = (left if self.word_cap is None else min(left, self.word_cap)) + 1
         if self.allocator is None:
             return Completion([], None, max_tokens)
         allocator = allocator_from_state(self.allocator)

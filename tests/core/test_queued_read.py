@@ -88,10 +88,18 @@ def test_a_completed_queued_read_has_the_positions_of_the_whole_sequence(seed):
 
 
 def test_the_tail_budget_is_what_the_turn_before_left():
-    queued = QueuedRead(stop_id=0, carried=1, allocated=1, reads=[2], tail_room=20)
+    queued = QueuedRead(stop_id=0, carried=1, allocated=1, reads=[2], room=20)
     done = queued.complete(kept=6, last_token=5, start=40)  # 7 target tokens written
     assert done.max_tokens == 20 - 7 + 1
     assert done.positions is None and done.extra_tokens == []  # vLLM's own positions
+
+
+def test_a_word_turn_budget_is_its_words_cap_or_what_is_left():
+    """As SessionDecoder budgets a turn of words: min(tokens left, words x max) + 1."""
+    queued = QueuedRead(stop_id=0, carried=1, allocated=1, reads=[2], room=40, word_cap=16)
+    assert queued.complete(kept=6, last_token=5, start=40).max_tokens == 16 + 1
+    late = QueuedRead(stop_id=0, carried=1, allocated=1, reads=[2], room=20, word_cap=16)
+    assert late.complete(kept=6, last_token=5, start=40).max_tokens == 20 - 7 + 1
 
 
 def test_a_queued_read_holds_only_after_a_lookahead_that_is_not_the_stop_token():

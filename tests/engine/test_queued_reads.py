@@ -147,3 +147,24 @@ def test_a_turn_ending_on_the_stop_token_drops_its_queued_read(
         assert stats["free_blocks"] == stats["total_blocks"]  # nothing held after the end
     finally:
         engine.shutdown()
+
+
+def test_reads_queue_when_the_target_budget_is_nearly_spent(served, engine_loop):
+    """A tight target budget (``max_target_tokens``, 16-token words): the turn after a
+    queued READ gets what is left, as the session would give it, so READs still queue
+    late in a sentence, and the translation equals the reference and the unqueued one."""
+    engine, model, tokenizer = served
+    jobs = batch(seed=5, count=8, mode="exposst", refeed=True, max_target_tokens=24)
+    jobs = [(s, dataclasses.replace(c, max_word_tokens=16)) for s, c in jobs]
+    queued = run_all(engine_loop, engine, jobs)
+    plain = run_all(
+        engine_loop, engine, [(s, dataclasses.replace(c, queue_reads=False)) for s, c in jobs]
+    )
+    template = template_for(tokenizer, jobs[0][1])
+    for job, with_queue, without in zip(jobs, queued, plain):
+        assert_matches_reference(model, template, job, with_queue)
+        assert with_queue.target_ids == without.target_ids
+        assert with_queue.tokens_sent == without.tokens_sent
+    # a READ before a turn of words queues only if the budget is set from what is left
+    # (24 < 2 x 16); one before the tail queued already
+    assert sum(r.queued_reads for r in queued) > len(jobs)  # more than one (tail) READ each

@@ -64,19 +64,16 @@ def queue_chunk(
     max_tokens: int,
 ) -> Queued | None:
     """The queued READ for ``plan``, or None where a budget could end a turn early:
-    target tokens must leave room for words of ``max_word_tokens`` tokens, and
-    ``model_room`` (tokens the request may still sample after the turn's chunk) both
-    turns.  ``allocator``: the session's, as the turn is sent (None: vLLM's positions)."""
+    target tokens must leave room for the turn's words at ``max_word_tokens`` tokens
+    each and one more (the engine sets the next turn's budget from what is left, as the
+    session would), and ``model_room`` (tokens the request may still sample after the
+    turn's chunk) both turns.  ``allocator``: the session's, as the turn is sent (None:
+    vLLM's positions)."""
     units = source.units[plan.read : plan.reads]
-    longest = plan.words * max_word_tokens
-    if plan.count is None:
-        if plan.room - longest < 1:
-            return None
-        after, tail_room = plan.room + 1, plan.room
-    else:
-        if plan.room - longest < plan.count * max_word_tokens:
-            return None
-        after, tail_room = plan.count * max_word_tokens + 1, None
+    if plan.room - plan.words * max_word_tokens < 1:
+        return None
+    cap = None if plan.count is None else plan.count * max_word_tokens
+    after = min(plan.room, plan.room if cap is None else cap) + 1  # the most it can be
     copy = int(isinstance(allocator, ExposstAllocator) and allocator.refeed_rule)
     fed = sum(len(unit) for unit in units) + copy
     if max_tokens > model_room or model_room - (max_tokens - 1) - fed < after:
@@ -87,7 +84,8 @@ def queue_chunk(
         allocated=plan.allocated,
         reads=[len(unit) for unit in units],
         allocator=allocator.state() if allocator is not None else None,
-        tail_room=tail_room,
+        room=plan.room,
+        word_cap=cap,
     )
     words = {"carried": 0, "max_word_tokens": max_word_tokens}
     if plan.count is not None:
