@@ -4,18 +4,13 @@ profiler ranges, checked on a hand-written chrome trace whose answer is known.""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "eval" / "profile_step.py"
+from . import eval_scripts
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return eval_scripts.load_script("profile_step")
 
 
 def span(name: str, ts: float, dur: float, cat: str = "cpu_op", tid: int = 1) -> dict:

@@ -4,18 +4,14 @@ results back from the records exposst-train and exposst-eval write."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "eval" / "recipe_ablation.py"
+from . import eval_scripts
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("recipe_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return eval_scripts.load_script("recipe_ablation")
 
 
 def test_the_sample_is_the_same_for_every_call_and_a_subset(tmp_path):
