@@ -195,13 +195,16 @@ def start_server(
     dtype: str = "float32",
 ) -> subprocess.Popen:
     from vllm_exposst import models
+    from vllm_exposst.evaluation.runtime import lora_targets
 
     port = int(url.rsplit(":", 1)[-1].strip("/"))
     extra: list[str] = ["--dtype", dtype]  # after serve_command's float32: this one wins
     if adapter is not None:
         rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
-        extra = ["--enable-lora", "--max-lora-rank", str(rank)]
+        extra += ["--enable-lora", "--max-lora-rank", str(rank)]
         extra += ["--lora-modules", f"{ADAPTER_NAME}={adapter}"]
+        targets = lora_targets(adapter)  # as the README's command: the adapter's modules only
+        extra += ["--lora-target-modules", *targets] if targets else []
     command = serve_command(
         models.resolve_model(model), port, max_num_seqs=max_num_seqs, extra=extra
     )

@@ -47,7 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stagger", type=float, default=0.3, help="seconds between speakers")
     parser.add_argument("--reference", type=int, default=4, help="sentences checked alone")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--variants", nargs="+", default=["base", "adapter", "merged"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["base", "adapter", "merged"],
+        choices=["base", "adapter", "merged", "adapter-all-modules"],
+        help="adapter-all-modules: LoRA wrappers on every module vLLM can (its default)",
+    )
     parser.add_argument("--adapter", type=Path, default=ADAPTER)
     parser.add_argument("--merged", type=Path, default=None, help="default: merge into cache")
     parser.add_argument(
@@ -92,15 +98,23 @@ async def speak(engine: Any, config: Any, sentence: str, rate: float, delay: flo
 
 
 async def profile(
-    model: str, adapter: Path | None, dtype: str, args, sentences, compiled: bool = False
+    model: str,
+    adapter: Path | None,
+    dtype: str,
+    args,
+    sentences,
+    compiled: bool = False,
+    **extra: Any,
 ) -> dict:
-    """One engine: live speakers, then each sentence alone (for batch invariance)."""
+    """One engine: live speakers, then each sentence alone (for batch invariance).
+    ``extra``: engine options over :func:`engine_options`' own."""
     options = engine_options(
         model,
         adapter,
         max_num_seqs=max(8, args.speakers),
         dtype=dtype,
         enforce_eager=not compiled,
+        **extra,
     )
     started = time.perf_counter()
     engine = await start_engine(options)
@@ -226,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if "merged" in args.variants and not (merged / "config.json").exists():
         merge_adapter(args.adapter, merged, str(base))
     plan = {"base": (base, None), "adapter": (base, args.adapter), "merged": (merged, None)}
+    plan["adapter-all-modules"] = plan["adapter"]  # LoRA wrappers on every module vLLM can
     runs = [(d, v) for d in args.dtypes for v in args.variants]
     runs = [r for r in runs if r in args.first] + [r for r in runs if r not in args.first]
     runs = [(d, v, m) for d, v in runs for m in args.modes]
@@ -233,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     for dtype, variant, mode in runs:  # the record is rewritten after each: a cut run counts
         model, adapter = plan[variant]
         compiled = mode == "compiled"
-        row = asyncio.run(profile(str(model), adapter, dtype, args, lines, compiled))
+        every = {"lora_target_modules": None} if variant == "adapter-all-modules" else {}
+        row = asyncio.run(profile(str(model), adapter, dtype, args, lines, compiled, **every))
         gc.collect()
         reference_agreement(row, model, adapter, lines)
         rows.append({"variant": variant, "mode": mode, **row})

@@ -199,6 +199,11 @@ def test_engine_options_serve_an_adapter_as_lora(tmp_path, model_cache, monkeypa
     assert options["max_lora_rank"] == 16  # the smallest rank vLLM allows that holds 12
     assert options["max_model_len"] == 1024  # the tiny model's max_position_embeddings
     assert options["enable_prefix_caching"] is False
+    assert options["lora_target_modules"] is None  # the config names none: every module
+    targets = {"r": 8, "target_modules": ["v_proj", "q_proj", "down_proj"]}
+    (adapter / "adapter_config.json").write_text(json.dumps(targets))
+    options = engine_options("tiny-llama", adapter)
+    assert options["lora_target_modules"] == ["down_proj", "q_proj", "v_proj"]
     with pytest.raises(FileNotFoundError):
         engine_options("tiny-llama", tmp_path / "missing")
 

@@ -26,6 +26,16 @@ def lora_rank(adapter: str | Path) -> int:
     raise ValueError(f"LoRA rank {rank} of {adapter} is above vLLM's limit {_LORA_RANKS[-1]}")
 
 
+def lora_targets(adapter: str | Path) -> list[str] | None:
+    """The modules the adapter trained (its ``target_modules``), for vLLM's
+    ``lora_target_modules``: without it vLLM wraps every module it could put LoRA on,
+    the embeddings and the LM head included, and runs their (zero) LoRA every step.
+    None (all) when the config names them by pattern."""
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    targets = config.get("target_modules")
+    return sorted(targets) if isinstance(targets, list) and targets else None
+
+
 def engine_options(
     model: str,
     adapter: str | Path | None = None,
@@ -66,6 +76,7 @@ def engine_options(
             max_lora_rank=lora_rank(adapter),
             max_loras=1,
             lora_modules={ADAPTER_NAME: str(adapter)},
+            lora_target_modules=lora_targets(adapter),
         )
     options.update(extra)
     return options
