@@ -272,3 +272,24 @@ def test_fused_weights_follow_a_slot_rewrite(monkeypatch):
     wrapper.add_lora_linear(second, x, lora_a, lora_b, 1.0, sizes)
     torch.testing.assert_close(second, linear_reference(x, lora_a, lora_b, indices, 1.0, start))
     assert not torch.allclose(first, second)
+
+
+def test_fused_weights_belong_to_their_tensors_not_their_addresses(monkeypatch):
+    """New weight tensors at the address of old ones, with equal version counters (as
+    freed and reallocated memory can be), get their own stacked copy."""
+    plugin.register()
+    indices, x, _, generator = make("runs", torch.float32, seed=9)
+    sizes = SLICES["gate_up"]
+    base_a = [torch.randn(SLOTS, 1, RANK, HIDDEN, generator=generator) for _ in sizes]
+    base_b = [torch.randn(SLOTS, 1, s, RANK, generator=generator) for s in sizes]
+    wrapper = cpu_wrapper(indices, prefill=True)
+    monkeypatch.setattr(lora_cpu, "_active", True)
+    start = torch.zeros(len(indices), sum(sizes))
+    wrapper.add_lora_linear(start.clone(), x, tuple(base_a), tuple(base_b), 1.0, sizes)
+    for weights in base_a + base_b:  # new values, no version bump (through .data)
+        weights.data.copy_(torch.randn(weights.shape, generator=generator))
+    views_a, views_b = tuple(w[:] for w in base_a), tuple(w[:] for w in base_b)
+    assert views_a[0].data_ptr() == base_a[0].data_ptr()
+    ours = start.clone()
+    wrapper.add_lora_linear(ours, x, views_a, views_b, 1.0, sizes)
+    torch.testing.assert_close(ours, linear_reference(x, views_a, views_b, indices, 1.0, start))

@@ -25,9 +25,9 @@ import torch
 
 from . import lora_cpu, replace
 
-# per projection (keyed by its first A tensor's storage): the weights' versions, and
-# per (slot, dtype) the stacked A (n*r, in) and block-diagonal B (out, n*r)
-_stacked: dict[int, tuple[tuple, dict[tuple[int, torch.dtype], tuple]]] = {}
+# the stacked weights live on the projection's first A tensor (they die with it), with
+# the versions of its weights when they were built
+CACHE = "_exposst_fused"
 # whether the fused path runs where the grouped ops are active (bench_lora_ops compares)
 fuse_slices = True
 
@@ -45,12 +45,11 @@ def fused_weights(
     """One slot's A matrices stacked (float32) and B matrices block-diagonal (``dtype``).
 
     Built on first use and again after vLLM writes any of the projection's weights."""
-    key = lora_a[0].data_ptr()
     versions = _versions(lora_a + lora_b)
-    cached = _stacked.get(key)
+    cached = getattr(lora_a[0], CACHE, None)
     if cached is None or cached[0] != versions:
         cached = (versions, {})
-        _stacked[key] = cached
+        setattr(lora_a[0], CACHE, cached)
     found = cached[1].get((slot, dtype))
     if found is None:
         a = torch.cat([weights[slot, 0] for weights in lora_a]).to(torch.float32)
