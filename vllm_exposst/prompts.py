@@ -74,13 +74,6 @@ class PromptTemplate:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def settled(text: str) -> str:
-    """``text`` without its trailing U+FFFD: tokens that end inside a UTF-8 character
-    decode it as U+FFFD until the next token completes it, so what is passed on as
-    final (a live piece's text) stops before it."""
-    return text.rstrip("\ufffd")
-
-
 def units(words: list[list[int]], unit: str) -> list[list[int]]:
     """Group word tokens into policy units: whole words, or single tokens."""
     if unit == "word":

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from ..defaults import CACHE_KEEPING_MODES, OFFLINE, target_token_limit
 from ..layout import READ, WRITE, make_allocator
 from ..policies import Offline, Policy, PolicyState
-from ..prompts import PromptTemplate, settled, word_delays, word_starts
+from ..prompts import PromptTemplate, word_delays, word_starts
 from .read_queue import Queued, ReadPlan, is_queued_chunk, queue_chunk, reads_ahead, turn_length
 from .request import RequestTarget, Sampled, StreamRequest
 from .source import SourceBuffer
@@ -298,7 +298,7 @@ class SessionDecoder:
         self.target_ids += tokens
         self.logprobs += [logprob for _, logprob in word]
         self.groups.append((tokens, delay))
-        text = settled(self.s.template.decode(self.target_ids))  # a split character waits
+        text = self.s.template.decode(self.target_ids)
         now = time.monotonic() - self.s.opened
         self.elapsed.append(now)
         self.s.emit(
