@@ -149,13 +149,13 @@ async def run_level(
     spoken: list[int] = []
     start = time.perf_counter()
     jobs = []
+    session = session_of(args)
     for i in range(n):
         mine = [
             sentences[(i * args.sentences_per_client + j) % len(sentences)]
             for j in range(args.sentences_per_client)
         ]
         spoken += [len(sentence.split()) for sentence in mine]
-        session = session_of(args)
         jobs.append(client(url, headers, mine, rate, session, latencies, words, tail, tokens))
     await asyncio.gather(*jobs)
     wall = time.perf_counter() - start
@@ -195,13 +195,12 @@ def start_server(
     dtype: str = "float32",
 ) -> subprocess.Popen:
     from vllm_exposst import models
-    from vllm_exposst.evaluation.runtime import lora_targets
+    from vllm_exposst.evaluation.runtime import lora_rank, lora_targets
 
     port = int(url.rsplit(":", 1)[-1].strip("/"))
     extra: list[str] = ["--dtype", dtype]  # after serve_command's float32: this one wins
     if adapter is not None:
-        rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
-        extra += ["--enable-lora", "--max-lora-rank", str(rank)]
+        extra += ["--enable-lora", "--max-lora-rank", str(lora_rank(adapter))]
         extra += ["--lora-modules", f"{ADAPTER_NAME}={adapter}"]
         targets = lora_targets(adapter)  # as the README's command: the adapter's modules only
         extra += ["--lora-target-modules", *targets] if targets else []
