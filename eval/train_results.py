@@ -9,6 +9,8 @@ mix and ``slot_len``:
     shift           shift layout (conversational baseline), same mix
     *-la            the same with lookahead labels (an ablation)
     exposst-la-slotN  ExPosST with lookahead labels at slot_len N (slot_len sensitivity)
+    offline-cpu, offline-cpu-2   the shipped offline-SFT adapter, in two CPU stages
+    exposst-cpu     the shipped ExPosST adapter: stage 2 from offline-cpu-2 (the recipe)
 
 Each run is an ``exposst-train`` process with its own log file
 (``OUT/logs/NAME.log``); ``--parallel`` runs several at once (on a GPU a 135M
@@ -58,6 +60,16 @@ RUNS: dict[str, list[str]] = {
         "--lora-alpha", "16", "--precision", "bfloat16", "--eval-sentences", "200",
         "--eval-decode", "0", "--eval-every", "250", "--save-every", "100", "--log-every", "10",
         "--threads", "2",
+    ],
+    # the shipped ExPosST adapter (adapters/exposst-smollm2): stage 2 from the offline-SFT
+    # adapter, refeed layout, wait-k 1..9 with lookahead labels (the recipe ablations'
+    # choice, docs/results.md), another draw of batches (seed 2)
+    "exposst-cpu": [
+        *EXPOSST, "--slot-len", "8", *LOOKAHEAD, "--init-adapter", "{out}/offline-cpu-2",
+        "--seed", "2", "--max-steps", "750", "--batch-tokens", "2048", "--lr", "3e-4",
+        "--lora-r", "8", "--lora-alpha", "16", "--precision", "bfloat16",
+        "--eval-sentences", "200", "--eval-decode", "0", "--eval-every", "250",
+        "--save-every", "50", "--log-every", "10", "--threads", "2",
     ],
 }  # fmt: skip
 

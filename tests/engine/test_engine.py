@@ -136,7 +136,35 @@ def test_tokens_computed_are_prefix_header_source_and_target(served, engine_loop
         # the refeed rule's copies, as the reference decoder feeds them
         copies = sum(kind == "F" for kind, _ in reference(model, template, source, config).events)
         assert result.refeeds == copies, config.policy
-        assert counts[request_id] == minimum + copies - unsent == result.tokens_sent, config.policy
+        assert result.tokens_sent == minimum + copies - unsent, config.policy
+        # what vLLM's prefix cache held was not computed: whole blocks of the prompt
+        assert counts[request_id] == result.tokens_sent - result.tokens_cached, config.policy
+        assert result.tokens_cached in cacheable_prompt_tokens(engine, template)
+
+
+def cacheable_prompt_tokens(engine, template) -> set[int]:
+    """The prefix-cache hits a session may report: none, or the whole KV blocks of its
+    prompt prefix (sessions of one configuration share those)."""
+    blocks = template.prefix_len // engine.block_size
+    return {blocks * engine.block_size, 0}
+
+
+def test_a_second_session_reuses_the_prompt_prefix_from_the_cache(served, engine_loop):
+    """On the CPU ExPosST engines use 32-token KV blocks (patch/engine_args.py), so the
+    prompt prefix fills one and a later session of the same configuration skips it."""
+    _, engine, model, tokenizer, _ = served
+    assert engine.block_size == 32
+    (job,) = jobs(seed=14, count=1)
+    template = template_for(tokenizer, job[1])
+    assert template.prefix_len >= engine.block_size
+    first, second = (run_all(engine_loop, engine, [job])[0] for _ in range(2))
+    for result in (first, second):
+        assert_matches_reference(model, template, job, result)
+    cached = (template.prefix_len // engine.block_size) * engine.block_size
+    assert second.tokens_cached == cached > 0
+    counts = engine_loop.run(engine.stats())["tokens_computed"]
+    (request_id,) = second.request_ids
+    assert counts[request_id] == second.tokens_sent - cached
 
 
 def test_the_first_rule_stays_selectable_and_computes_each_token_once(served, engine_loop):
@@ -153,7 +181,9 @@ def test_the_first_rule_stays_selectable_and_computes_each_token_once(served, en
         minimum += len(result.target_ids)
         unsent = int(config.policy.startswith("token") and len(result.target_ids) == CAP)
         assert result.refeeds == 0
-        assert counts[result.request_ids[0]] == minimum - unsent, config.policy
+        assert result.tokens_sent == minimum - unsent, config.policy
+        assert counts[result.request_ids[0]] == minimum - unsent - result.tokens_cached
+        assert result.tokens_cached in cacheable_prompt_tokens(engine, template)
 
 
 def test_baseline_modes_run_in_the_same_engine(served, engine_loop):

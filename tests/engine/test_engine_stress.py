@@ -31,6 +31,7 @@ def stressed(engine_loop, model_cache):
         max_model_len=1024,
         max_num_seqs=16,
         max_num_batched_tokens=32,  # chunked prefill: long chunks take several steps
+        block_size=128,  # vLLM's CPU default, which the prefix below fills
         num_gpu_blocks_override=20,  # 20 x 128 tokens: 16 sessions need about 32
         enable_prefix_caching=True,
         session_max_tokens=1,  # admit everything: vLLM must preempt instead
@@ -85,6 +86,7 @@ def test_exact_under_chunked_prefill_preemption_and_prefix_caching(stressed, eng
         assert_matches_reference(model, template, twin, again)
     hit = engine_loop.run(engine.tokens_computed(again.request_ids))
     assert again.tokens_sent - hit >= 128, (hit, again.tokens_sent)
+    assert again.tokens_cached == again.tokens_sent - hit  # vLLM's report, the same count
     stats = engine_loop.run(engine.stats())
     assert stats["active_sessions"] == stats["waiting_sessions"] == 0
     assert stats["free_blocks"] == stats["total_blocks"]

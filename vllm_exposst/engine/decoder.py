@@ -365,6 +365,7 @@ class SessionDecoder:
             target_ids=self.target_ids,
             logprobs=self.logprobs,
             tokens_sent=s.stats.tokens_sent,
+            tokens_cached=s.stats.tokens_cached,
             source_words=s.source.words,
             source_tokens_read=len(self.source_ids),
             tokens_minimum=t.prefix_len

@@ -49,6 +49,7 @@ class StreamRequest:
         self.finished = False
         self.early: Sampled = []  # the next turn's tokens, merged into this turn's output
         self.early_ended = False  # ... and that turn's end with them
+        self.cache_counted = False  # vLLM reports the prompt's prefix-cache hits once
 
     async def _stream(self) -> AsyncIterator[Any]:
         while True:
@@ -169,6 +170,9 @@ class StreamRequest:
             output = await self.outputs.__anext__()
             first_at = first_at or time.perf_counter()
             completion = output.outputs[0]
+            if not self.cache_counted and output.num_cached_tokens is not None:
+                self.cache_counted = True
+                self.stats.tokens_cached += output.num_cached_tokens
             for i, token in enumerate(completion.token_ids):
                 logprob = completion.logprobs[i][token].logprob if completion.logprobs else 0.0
                 sampled.append((token, logprob))

@@ -69,6 +69,7 @@ class TurnStats:
 
     request_ids: list[str] = field(default_factory=list)  # several in recompute mode
     tokens_sent: int = 0  # tokens the session asked the engine to compute
+    tokens_cached: int = 0  # of those, prompt tokens vLLM found in its prefix cache
     turns: int = 0  # engine round trips: chunks sent and answered
     # seconds from sending a chunk with new source to its first sampled token
     # (READ-to-WRITE latency), and per generated token after a turn's first
@@ -94,3 +95,5 @@ class SessionResult:
     read_latencies: list[float]  # chunk with new source -> its first sampled token (s)
     decode_steps: list[float]  # seconds per generated token after each turn's first
     queued_reads: int = 0  # READ chunks the engine ran right behind the turn before
+    # prompt tokens of tokens_sent that vLLM's prefix cache held (not computed again)
+    tokens_cached: int = 0

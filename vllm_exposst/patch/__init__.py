@@ -117,9 +117,12 @@ LEDGER: tuple[Patch, ...] = (
         why="ExPosST engines: --dtype auto becomes the platform's dtype (float32 on the CPU, "
         "where vLLM would pick bfloat16; see vllm_exposst.precision) and a merged "
         "checkpoint's exposst.json becomes the session defaults unless "
-        "--additional-config exposst sets them",
-        breaks_if="the method is renamed, dtype/additional_config stop being EngineArgs "
-        "fields, or additional_config is read before the model config is created",
+        "--additional-config exposst sets them; on the CPU an unset --block-size becomes "
+        "32, so prefix caching can share a session's prompt prefix (vLLM's CPU default, "
+        "128, is longer than any default prompt)",
+        breaks_if="the method is renamed, dtype/additional_config/block_size stop being "
+        "EngineArgs fields, or additional_config or block_size is read before the model "
+        "config is created",
         module="engine_args",
     ),
     Patch(

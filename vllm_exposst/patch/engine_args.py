@@ -6,7 +6,8 @@ are still plain arguments, in every path that starts an engine (``vllm serve``,
 ExPosST's scheduler it fills in what was left unset: ``--dtype auto`` becomes the
 platform's dtype (:func:`vllm_exposst.precision.platform_dtype`), and a merged
 checkpoint's ``exposst.json`` becomes the server's session defaults unless
-``--additional-config exposst`` names them.  Other engines are untouched.
+``--additional-config exposst`` names them, and on the CPU ``--block-size`` left unset
+becomes 32 (:func:`small_blocks_on_cpu`).  Other engines are untouched.
 """
 
 from __future__ import annotations
@@ -21,9 +22,29 @@ from . import replace
 
 logger = logging.getLogger("vllm.exposst")  # under vLLM's handler: in its startup log
 
+# the smallest KV block vLLM's CPU attention backend takes (a multiple of 32)
+CPU_PROMPT_BLOCK = 32
+
+
+def small_blocks_on_cpu(args: Any) -> None:
+    """On the CPU, ``--block-size`` left unset becomes 32 instead of vLLM's 128.
+
+    Prefix caching shares whole blocks only.  A session's prompt prefix (system prompt
+    and instruction: 34 tokens for SmolLM2's template) never fills a 128-token block, so
+    each sentence of a live speaker computed it again (docs/benchmarks.md, live
+    capacity); with 32-token blocks every sentence after the first reuses the first 32.
+    """
+    from vllm.platforms import current_platform
+
+    if args.block_size is None and current_platform.is_cpu():
+        args.block_size = CPU_PROMPT_BLOCK
+        logger.info("ExPosST KV block size: %d (CPU default; --block-size to change)", args.block_size)
+
 
 def exposst_defaults(args: Any) -> None:
-    """Set ``args.dtype`` and ``args.additional_config['exposst']`` where left unset."""
+    """Set ``args.dtype``, ``args.block_size`` and ``args.additional_config['exposst']``
+    where left unset."""
+    small_blocks_on_cpu(args)
     requested = args.dtype
     args.dtype = resolve_dtype(requested)
     how = "default for this platform; --dtype to change" if args.dtype != requested else "asked"

@@ -96,6 +96,7 @@ def _simul_summary(result, tokens_computed: int) -> dict[str, Any]:
     return {
         "delays": result.delays,
         "tokens_computed": tokens_computed,
+        "tokens_cached": result.tokens_cached,
         "elapsed_ms": [round(1000 * t, 1) for t in result.elapsed],
         "source_words": result.source_words,
     }

@@ -105,6 +105,7 @@ def summary(done: list[Translated]) -> dict[str, Any]:
     return {
         "delays": delays,
         "tokens_computed": sum(item.tokens_computed for item in done),
+        "tokens_cached": sum(item.result.tokens_cached for item in done),
         "elapsed_ms": elapsed,
         "source_words": read,
         "sentences": [

@@ -11,8 +11,8 @@ Server events: ``session.created``, ``session.updated``,
 (``sentence``, ``source_words_read``, ``timestamp``: the sentence has written
 everything it will write for the source so far and waits for more; sent once each
 time it comes to wait, after the deltas before it), ``response.output_text.done``
-(``sentence``, ``text``, ``delays``, ``elapsed_ms``, ``tokens_computed``, ``source``,
-``end``) and ``error`` ({"error": {type, code, message, ...}}, with ``sentence`` when
+(``sentence``, ``text``, ``delays``, ``elapsed_ms``, ``tokens_computed``,
+``tokens_cached``, ``source``, ``end``) and ``error`` ({"error": {type, code, message, ...}}, with ``sentence`` when
 one sentence failed).  The connection's input is a talk (:mod:`.talk`): sentences in
 sequence, cut by the client's commits or by the server (``segmentation: auto``).
 """
@@ -220,6 +220,7 @@ class RealtimeConnection:
                     "delays": result.delays,
                     "elapsed_ms": [round(1000 * t, 1) for t in result.elapsed],
                     "tokens_computed": tokens,
+                    "tokens_cached": result.tokens_cached,
                     "source": sentence.source,
                     "end": sentence.end or "target_limit",
                 }
