@@ -38,7 +38,8 @@ def small_blocks_on_cpu(args: Any) -> None:
 
     if args.block_size is None and current_platform.is_cpu():
         args.block_size = CPU_PROMPT_BLOCK
-        logger.info("ExPosST KV block size: %d (CPU default; --block-size to change)", args.block_size)
+        how = "CPU default; --block-size to change"
+        logger.info("ExPosST KV block size: %d (%s)", args.block_size, how)
 
 
 def exposst_defaults(args: Any) -> None:
