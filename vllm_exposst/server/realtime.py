@@ -13,8 +13,9 @@ everything it will write for the source so far and waits for more; sent once eac
 time it comes to wait, after the deltas before it), ``response.output_text.done``
 (``sentence``, ``text``, ``delays``, ``elapsed_ms``, ``tokens_computed``,
 ``tokens_cached``, ``source``, ``end``) and ``error`` ({"error": {type, code, message,
-...}}, with ``sentence`` when one sentence failed).  The connection's input is a talk (:mod:`.talk`): sentences in
-sequence, cut by the client's commits or by the server (``segmentation: auto``).
+...}}, with ``sentence`` when one sentence failed).  The connection's input is a talk
+(:mod:`.talk`): sentences in sequence, cut by the client's commits or by the server
+(``segmentation: auto``).
 """
 
 from __future__ import annotations
