@@ -10,7 +10,10 @@
 # ADAPTERS: the folder eval/train_results.py wrote;
 # STEP: m30k, m30k-nola, slot, slot-m30k, iwslt (default: all, in that order), and
 # refeed: the refeed-rule ablation (ADAPTERS/exposst-v1 = the first shipped adapter,
-# ADAPTERS/exposst-smollm2 = the current one) on both test slices.
+# ADAPTERS/exposst-smollm2 = the current one) on both test slices; cpu: the adapters
+# trained on the CPU (eval/train_results.py --runs offline-cpu offline-cpu-2 exposst-cpu),
+# ExPosST on all 1,000 sentences of test2016, offline SFT + recompute on its first 300,
+# both on the IWSLT slice.
 set -euo pipefail
 DATA=${1:?data folder}; ADAPTERS=${2:?adapters folder}; OUT=${3:?output folder}; shift 3
 STEPS=${*:-m30k m30k-nola slot slot-m30k iwslt}
@@ -61,6 +64,17 @@ for step in $STEPS; do
                 "$DATA/multi30k/val.de" 0 100 "slot_len: $adapter"
         done ;;
     refeed) refeed m30k "${M30K[@]}"; refeed iwslt "${IWSLT[@]}" ;;
-    *) echo "unknown step $step (m30k, m30k-nola, slot, slot-m30k, iwslt, refeed)" >&2; exit 2 ;;
+    cpu)
+        M30K_ALL=("${M30K[@]:0:2}" 0 1000)
+        run "$OUT/cpu/m30k/exposst-cpu" exposst-cpu exposst $WAITK "${M30K_ALL[@]}" \
+            "Multi30K test2016: ExPosST FT (CPU, two stages)"
+        run "$OUT/cpu/m30k/offline-cpu-2" offline-cpu-2 offline,recompute wait-1,3,5,7 \
+            "${M30K[@]:0:2}" 0 300 "Multi30K test2016 [0:300]: offline SFT (CPU)"
+        run "$OUT/cpu/iwslt/exposst-cpu" exposst-cpu exposst wait-3,7 "${IWSLT[@]}" \
+            "IWSLT: ExPosST FT (CPU, two stages)"
+        run "$OUT/cpu/iwslt/offline-cpu-2" offline-cpu-2 offline,recompute wait-3 "${IWSLT[@]}" \
+            "IWSLT: offline SFT (CPU)" ;;
+    *) echo "unknown step $step (m30k, m30k-nola, slot, slot-m30k, iwslt, refeed, cpu)" >&2
+       exit 2 ;;
     esac
 done

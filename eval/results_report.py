@@ -7,6 +7,7 @@ named by its (fine-tuning, inference) pair, and prints the Markdown tables.  The
 mean position span against ``slot_len`` (the paper's Figure 3).
 
     .venv/bin/python eval/results_report.py out/results runs/results docs/results
+    .venv/bin/python eval/results_report.py --cpu out/results runs/results docs/results
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ REFEED_CURVES = {
     ("v1-refeed", "exposst"): "ExPosST FT v1 + exposst, refeed rule",
     ("v2-refeed", "exposst"): "ExPosST FT v2 (+CPU refeed FT) + exposst, refeed",
 }
+# the adapters trained on the CPU (eval/results_eval.sh cpu): run folder -> curve name
+CPU_CURVES = {
+    ("exposst-cpu", "exposst"): "ExPosST FT (CPU, two stages) + exposst",
+    ("offline-cpu-2", "recompute"): "offline SFT (CPU) + recompute",
+    ("offline-cpu-2", "offline"): "offline",  # the dashed line of the plots
+}
 # baselines kept from the first results (docs/results/<slice>.json; adapters not shipped)
 BASELINES = ("offline SFT + recompute", "shift FT + shift", "offline")
+SHIFT = ("shift FT + shift",)
 SLOT_RUNS = {"exposst-la-slot2": 2, "exposst-la-slot4": 4, "exposst-la": 8, "exposst-la-slot16": 16}
 
 
@@ -89,28 +97,50 @@ def curves(
     print(markdown_table(rows))
 
 
-def refeed_curves(folder: Path, out: Path, name: str, title: str) -> None:
-    """The refeed ablation on one slice, beside the first results' baselines."""
-    rows, sources = merged_rows(folder / "refeed" / name, REFEED_CURVES)
+def curves_with_baselines(
+    folder: Path,
+    out: Path,
+    name: str,
+    title: str,
+    chosen: dict[tuple[str, str], str],
+    baselines: tuple[str, ...],
+    tag: str,
+    minimum_of: str,
+) -> None:
+    """One slice's runs under ``folder``, beside the first results' ``baselines`` (from
+    ``out/NAME.json``; their adapters were not kept), plotted as ``NAME_TAG_*.png``."""
+    rows, sources = merged_rows(folder, chosen)
     if not rows:
         return
     earlier = out / f"{name}.json"
     if earlier.exists():
         for row in load(earlier)["results"]:
             curve = row.get("mode", row.get("method"))
-            if curve in BASELINES:
+            if curve in baselines:
                 rows.append({**row, "mode": f"{curve} (first results)"})
         sources.append({"baselines": str(earlier)})
-    plot_quality_latency(rows, out / f"{name}_refeed_quality_latency.png", title=title)
-    plot_cost(
-        rows,
-        out / f"{name}_refeed_cost.png",
-        title=title,
-        minimum_of=REFEED_CURVES[("v1-refeed", "exposst")],
-    )
-    write_record(out / f"{name}_refeed.json", rows, runs=sources)
+    plot_quality_latency(rows, out / f"{name}_{tag}_quality_latency.png", title=title)
+    plot_cost(rows, out / f"{name}_{tag}_cost.png", title=title, minimum_of=minimum_of)
+    write_record(out / f"{name}_{tag}.json", rows, runs=sources)
     print(f"\n### {title}\n")
     print(markdown_table(rows))
+
+
+def refeed_curves(folder: Path, out: Path, name: str, title: str) -> None:
+    """The refeed ablation on one slice, beside the first results' baselines."""
+    minimum_of = REFEED_CURVES[("v1-refeed", "exposst")]
+    curves_with_baselines(
+        folder / "refeed" / name, out, name, title, REFEED_CURVES, BASELINES, "refeed", minimum_of
+    )
+
+
+def cpu_curves(folder: Path, out: Path, name: str, title: str) -> None:
+    """The adapters trained on the CPU (step cpu), beside the first results' shift
+    baseline (the issue's comparison; no new shift adapter was trained)."""
+    minimum_of = CPU_CURVES[("exposst-cpu", "exposst")]
+    curves_with_baselines(
+        folder / "cpu" / name, out, name, title, CPU_CURVES, SHIFT, "cpu", minimum_of
+    )
 
 
 SLOT_DEV_SETS = {"slot-m30k": "Multi30K val [0:100]", "slot": "IWSLT 2017 dev [0:100]"}
@@ -188,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refeed", action="store_true", help="only the refeed ablation (step refeed)"
     )
+    parser.add_argument("--cpu", action="store_true", help="only the CPU adapters (step cpu)")
     args = parser.parse_args(argv)
+    if args.cpu:
+        cpu_curves(args.evals, args.out, "m30k", "Multi30K test2016, adapters trained on the CPU")
+        cpu_curves(args.evals, args.out, "iwslt", "IWSLT 2017 test [0:50], CPU adapters")
+        return 0
     if args.refeed:
         for name, data in (
             ("m30k", "Multi30K test2016 [0:100]"),
