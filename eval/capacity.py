@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             str(lv["clients"]),
             f"{lv['read_to_write_ms']['p50']:.0f}",
             f"{lv['read_to_write_ms']['p90']:.0f}",
+            f"{lv['first_word_per_read_ms']['p90']:.0f}",
             f"{lv['tokens_per_second']:.0f}",
             "yes" if lv["read_to_write_ms"]["p90"] <= args.p90_ms else "no",
         )
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     variant = "LoRA" if args.adapter else "plain"
     title = f"capacity, {variant}, {args.dtype}, {args.rate} words/s, R2W p90 <= {args.p90_ms:.0f}"
-    print_table(title, ("speakers", "R2W p50 ms", "R2W p90 ms", "tokens/s", "sustained"), rows)
+    columns = ("speakers", "R2W p50 ms", "R2W p90 ms", "first word per READ p90 ms")
+    print_table(title, (*columns, "tokens/s", "sustained"), rows)
     print(
         f"saturated: {saturated['tokens_per_second']:.0f} tokens/s ({gflops:.1f} GFLOP/s); "
         f"a speaker needs {demand:.1f} tokens/s; bound {bound:.1f} speakers; "

@@ -81,12 +81,16 @@ async def receive_sentence(
     words: list[int],
     tail: list[float],
     tokens: list[int] | None = None,
+    first_words: list[float] | None = None,
 ) -> None:
     """Deltas until ``done``: each delta's latency from the word that unlocked it.
 
     Deltas written after the last source word go to ``tail`` (timed from that word,
     so they grow with the words still to write), the others to ``latencies``;
-    ``tokens`` gets the sentence's ``tokens_computed`` (the engine's work for it)."""
+    ``tokens`` gets the sentence's ``tokens_computed`` (the engine's work for it);
+    ``first_words`` the latency of each READ's first delta only (a READ answered: the
+    words after it in the same turn, and the tail's, wait for decoding, not for the READ;
+    ``bench_engine``'s READ-to-WRITE counts the same way, to the first token)."""
     seen: list[tuple[int, float]] = []
     while True:
         event = json.loads(await ws.recv())
@@ -99,6 +103,11 @@ async def receive_sentence(
                 tokens.append(event["tokens_computed"])
             for read, latency in seen:
                 (tail if read == len(sent_at) else latencies).append(latency)
+            if first_words is not None:
+                first = {}
+                for read, latency in seen:
+                    first.setdefault(read, latency)
+                first_words.extend(first.values())
             return
         elif event["type"] == "error":
             raise RuntimeError(event["error"])
@@ -114,6 +123,7 @@ async def client(
     words: list[int],
     tail: list[float] | None = None,
     tokens: list[int] | None = None,
+    first_words: list[float] | None = None,
 ) -> None:
     tail = [] if tail is None else tail
     async with websockets.connect(
@@ -125,7 +135,7 @@ async def client(
         for sentence in sentences:
             sent_at: list[float] = []
             receiver = asyncio.ensure_future(
-                receive_sentence(ws, sent_at, latencies, words, tail, tokens)
+                receive_sentence(ws, sent_at, latencies, words, tail, tokens, first_words)
             )
             await speak_sentence(ws, sentence, rate, sent_at)
             await receiver
@@ -147,6 +157,7 @@ async def run_level(
     tail: list[float] = []
     tokens: list[int] = []
     spoken: list[int] = []
+    first_words: list[float] = []
     start = time.perf_counter()
     jobs = []
     session = session_of(args)
@@ -156,7 +167,9 @@ async def run_level(
             for j in range(args.sentences_per_client)
         ]
         spoken += [len(sentence.split()) for sentence in mine]
-        jobs.append(client(url, headers, mine, rate, session, latencies, words, tail, tokens))
+        jobs.append(
+            client(url, headers, mine, rate, session, latencies, words, tail, tokens, first_words)
+        )
     await asyncio.gather(*jobs)
     wall = time.perf_counter() - start
     ordered = sorted(latencies + tail)
@@ -184,6 +197,11 @@ async def run_level(
         },
         "while_speaking_ms": {"p50": pct(0.5, during), "p90": pct(0.9, during)},
         "after_last_word_ms": {"p50": pct(0.5, tail), "p90": pct(0.9, tail)},
+        "first_word_per_read_ms": {
+            "p50": pct(0.5, sorted(first_words)),
+            "p90": pct(0.9, sorted(first_words)),
+            "p99": pct(0.99, sorted(first_words)),
+        },
     }
 
 
@@ -242,11 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             *(f"{r['read_to_write_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
             f"{r['while_speaking_ms']['p90']:.0f}",
             f"{r['after_last_word_ms']['p90']:.0f}",
+            f"{r['first_word_per_read_ms']['p90']:.0f}",
         )
         for r in results
     ]
     columns = ("clients", "sentences", "words/s", "R2W p50 ms", "R2W p90 ms", "R2W p99 ms")
-    columns += ("speaking p90 ms", "after last word p90 ms")
+    columns += ("speaking p90 ms", "after last word p90 ms", "first word per READ p90 ms")
     title = f"live WebSocket load ({args.policy}, {args.rate} words/s per client)"
     print_table(title, columns, rows)
     write_record(
