@@ -136,11 +136,62 @@ def refeed_curves(folder: Path, out: Path, name: str, title: str) -> None:
 
 def cpu_curves(folder: Path, out: Path, name: str, title: str) -> None:
     """The adapters trained on the CPU (step cpu), beside the first results' shift
-    baseline (the issue's comparison; no new shift adapter was trained)."""
+    baseline (the issue's comparison; no new shift adapter was trained), then ExPosST
+    against recompute on the sentences both ran."""
     minimum_of = CPU_CURVES[("exposst-cpu", "exposst")]
     curves_with_baselines(
         folder / "cpu" / name, out, name, title, CPU_CURVES, SHIFT, "cpu", minimum_of
     )
+    rows = same_sentences(folder / "cpu" / name)
+    if rows:
+        record = out / f"{name}_cpu.json"
+        write_record(record, load(record)["results"], runs=load(record)["runs"], same=rows)
+        print(f"\n### {title}: ExPosST against recompute on the same sentences\n")
+        print("| policy | sentences | ExPosST FT + exposst | offline SFT + recompute | ratio |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['policy']} | {r['sentences']} | {r['exposst_BLEU']:.2f} "
+                f"| {r['recompute_BLEU']:.2f} | {r['ratio']:.2f} |"
+            )
+
+
+def same_sentences(slice_folder: Path) -> list[dict[str, Any]]:
+    """ExPosST's BLEU on the sentences the recompute run covered (it runs fewer: it
+    costs several times more), from each policy's ``instances.log``, beside recompute's."""
+    import sacrebleu
+
+    baseline_path = slice_folder / "offline-cpu-2" / "record.json"
+    exposst_folder = slice_folder / "exposst-cpu" / "exposst"
+    if not baseline_path.exists() or not exposst_folder.exists():
+        return []
+    baseline = load(baseline_path)
+    first, count = baseline["start"], baseline["sentences"]
+    exposst_start = load(slice_folder / "exposst-cpu" / "record.json")["start"]
+    rows = []
+    for result in baseline["results"]:
+        log = exposst_folder / result["policy"] / "instances.log"
+        if result["mode"] != "recompute" or not log.exists():
+            continue
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        # instances are indexed from the run's own first line
+        wanted = {first - exposst_start + i for i in range(count)}
+        chosen = sorted((x for x in lines if x["index"] in wanted), key=lambda x: x["index"])
+        if len(chosen) != count:
+            print(f"{log}: {len(chosen)} of the {count} sentences", file=sys.stderr)
+            continue
+        hypotheses = [x["prediction"] for x in chosen]
+        bleu = sacrebleu.corpus_bleu(hypotheses, [[x["reference"] for x in chosen]]).score
+        rows.append(
+            {
+                "policy": result["policy"],
+                "sentences": f"[{first}:{first + count}]",
+                "exposst_BLEU": bleu,
+                "recompute_BLEU": result["BLEU"],
+                "ratio": bleu / result["BLEU"] if result["BLEU"] else float("nan"),
+            }
+        )
+    return rows
 
 
 SLOT_DEV_SETS = {"slot-m30k": "Multi30K val [0:100]", "slot": "IWSLT 2017 dev [0:100]"}
