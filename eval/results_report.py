@@ -106,6 +106,7 @@ def curves_with_baselines(
     baselines: tuple[str, ...],
     tag: str,
     minimum_of: str,
+    **extra: Any,
 ) -> None:
     """One slice's runs under ``folder``, beside the first results' ``baselines`` (from
     ``out/NAME.json``; their adapters were not kept), plotted as ``NAME_TAG_*.png``."""
@@ -121,7 +122,7 @@ def curves_with_baselines(
         sources.append({"baselines": str(earlier)})
     plot_quality_latency(rows, out / f"{name}_{tag}_quality_latency.png", title=title)
     plot_cost(rows, out / f"{name}_{tag}_cost.png", title=title, minimum_of=minimum_of)
-    write_record(out / f"{name}_{tag}.json", rows, runs=sources)
+    write_record(out / f"{name}_{tag}.json", rows, runs=sources, **extra)
     print(f"\n### {title}\n")
     print(markdown_table(rows))
 
@@ -139,13 +140,11 @@ def cpu_curves(folder: Path, out: Path, name: str, title: str) -> None:
     baseline (the issue's comparison; no new shift adapter was trained), then ExPosST
     against recompute on the sentences both ran."""
     minimum_of = CPU_CURVES[("exposst-cpu", "exposst")]
-    curves_with_baselines(
-        folder / "cpu" / name, out, name, title, CPU_CURVES, SHIFT, "cpu", minimum_of
-    )
     rows = same_sentences(folder / "cpu" / name)
+    curves_with_baselines(
+        folder / "cpu" / name, out, name, title, CPU_CURVES, SHIFT, "cpu", minimum_of, same=rows
+    )
     if rows:
-        record = out / f"{name}_cpu.json"
-        write_record(record, load(record)["results"], runs=load(record)["runs"], same=rows)
         print(f"\n### {title}: ExPosST against recompute on the same sentences\n")
         print("| policy | sentences | ExPosST FT + exposst | offline SFT + recompute | ratio |")
         print("|---|---|---|---|---|")
