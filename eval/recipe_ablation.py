@@ -14,6 +14,12 @@ set at a few wait-k values. The arms answer the questions of the two-stage recip
     r16             from-scratch at LoRA rank 16 (an offline r8 adapter cannot grow)
     float32         from-offline trained in float32 (the others: bfloat16 autocast), for
                     the trainer's precision default (docs/training.md)
+    top15           from-scratch with LoRA on the upper 15 of 30 layers only (the trainer's
+                    fastest cut changes what is trained; compare with from-scratch)
+
+Each arm's training also reports its loss on ``--dev-loss-pairs`` dev pairs (the same
+pairs and policies for every arm, evaluated in float32 at the end), which separates
+arms more finely than BLEU on a hundred sentences.
 
 Arms whose evaluation record exists are not run again, so a series that outlasts a
 session goes on in the next one with the same command. The end prints a table and
@@ -48,6 +54,7 @@ ARMS: dict[str, list[str]] = {
     "lookahead": [*FROM_OFFLINE, "--lookahead-labels"],
     "r16": ["--lora-r", "16", "--lora-alpha", "32"],
     "float32": [*FROM_OFFLINE, "--precision", "float32"],
+    "top15": ["--lora-top-layers", "15"],
 }
 
 
@@ -69,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--policies", default="wait-1,3,7", help="exposst-eval policies")
     parser.add_argument("--model", default="default")
     parser.add_argument("--max-minutes", type=float, help="training time limit per arm")
+    parser.add_argument("--dev-loss-pairs", type=int, default=200, help="0: no dev loss")
     parser.add_argument("--note", default="", help="kept in the record (what ran beside)")
     return parser.parse_args(argv)
 
@@ -92,6 +100,10 @@ def train_command(arm: str, pairs: Path, args: argparse.Namespace) -> list[str]:
     cmd += ["--save-every", "0", "--save-dtype", "bfloat16", "--log-every", "10"]
     cmd += ["--no-progress"]
     cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
+    if args.dev_loss_pairs:  # the dev loss once, at the end; no dev decoding
+        cmd += ["--dev-source", args.dev[0], "--dev-target", args.dev[1]]
+        cmd += ["--eval-sentences", str(args.dev_loss_pairs), "--eval-decode", "0"]
+        cmd += ["--eval-every", "0"]
     # last: the arm's flags win (argparse keeps the last value)
     cmd += [flag.format(offline=args.offline_adapter) for flag in ARMS[arm]]
     return cmd + ["--overwrite", "-o", str(args.out / "adapters" / arm)]
@@ -140,6 +152,7 @@ def arm_row(arm: str, out: Path, status: str) -> dict:
         row["steps"] = meta["steps"]
         row["train_minutes"] = round(training.get("train_seconds", 0) / 60, 1)
         row["last_loss"] = training.get("last_loss")
+        row["dev_loss"] = (meta.get("dev") or {}).get("loss")
         row["exposst_json"] = meta
     if record_path.exists():
         results = json.loads(record_path.read_text())["results"]
@@ -149,13 +162,14 @@ def arm_row(arm: str, out: Path, status: str) -> dict:
 
 def print_table(rows: list[dict]) -> None:
     policies = sorted({p for row in rows for p in row.get("dev", {})}, key=policy_k)
-    head = f"{'arm':14s} {'status':12s} {'steps':>5s} {'min':>5s} {'loss':>6s}"
+    head = f"{'arm':14s} {'status':12s} {'steps':>5s} {'min':>5s} {'loss':>6s} {'dev':>6s}"
     print(head + "".join(f" {p + ' BLEU':>12s} {'LAAL':>5s}" for p in policies))
     for row in rows:
-        loss = row.get("last_loss")
-        loss = "-" if loss is None else f"{loss:.3f}"
+        loss, dev_loss = (
+            "-" if row.get(key) is None else f"{row[key]:.3f}" for key in ("last_loss", "dev_loss")
+        )
         line = f"{row['arm']:14s} {row['status']:12s} {row.get('steps', '-')!s:>5s}"
-        line += f" {row.get('train_minutes', '-')!s:>5s} {loss:>6s}"
+        line += f" {row.get('train_minutes', '-')!s:>5s} {loss:>6s} {dev_loss:>6s}"
         for policy in policies:
             result = row.get("dev", {}).get(policy)
             if result:
