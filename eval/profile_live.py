@@ -72,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["eager", "compiled"],
         help="compiled: torch.compile (vLLM's default outside --enforce-eager)",
     )
+    parser.add_argument(
+        "--block-sizes",
+        nargs="+",
+        type=int,
+        default=[None],
+        help="KV block sizes to compare (default: the engine's own, 32 on the CPU)",
+    )
     return parser.parse_args(argv)
 
 
@@ -150,6 +157,7 @@ async def profile(
     )
     return {
         "dtype": engine.dtype,
+        "block_size": engine.block_size,
         "engine_start_seconds": start_seconds,
         "config": {"policy": config.policy, "slot_len": config.slot_len, "mode": config.mode},
         "read_to_write_p50_ms": 1000 * statistics.median(read),
@@ -202,6 +210,7 @@ def reference_agreement(row: dict, model_path: Path, adapter: Path | None, sente
 COLUMNS = (
     ("variant", "variant", "{}"),
     ("mode", "mode", "{}"),
+    ("block", "block_size", "{}"),
     ("start s", "engine_start_seconds", "{:.0f}"),
     ("dtype", "dtype", "{}"),
     ("R2W p50 ms", "read_to_write_p50_ms", "{:.0f}"),
@@ -243,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     plan["adapter-all-modules"] = plan["adapter"]  # LoRA wrappers on every module vLLM can
     runs = [(d, v) for d in args.dtypes for v in args.variants]
     runs = [r for r in runs if r in args.first] + [r for r in runs if r not in args.first]
-    runs = [(d, v, m) for d, v in runs for m in args.modes]
+    runs = [(d, v, m, b) for d, v in runs for m in args.modes for b in args.block_sizes]
     rows = []
-    for dtype, variant, mode in runs:  # the record is rewritten after each: a cut run counts
+    for dtype, variant, mode, block in runs:  # the record is rewritten after each: a cut run counts
         model, adapter = plan[variant]
         compiled = mode == "compiled"
         every = {"lora_target_modules": None} if variant == "adapter-all-modules" else {}
+        every |= {"block_size": block} if block else {}
         row = asyncio.run(profile(str(model), adapter, dtype, args, lines, compiled, **every))
         gc.collect()
         reference_agreement(row, model, adapter, lines)
