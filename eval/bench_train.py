@@ -1,10 +1,12 @@
 """Training throughput: the plain forward against the fast one (and layouts), same pairs, one run.
 
-Each *variant* is ``forward/precision[/topN]``: the forward (``plain`` =
+Each *variant* is ``forward/precision[/topN][/compile]``: the forward (``plain`` =
 ``model(**batch)``, ``label-head`` = the LM head only at labels, ``fast`` = that plus
 the shared prompt prefix once per batch; training/forward.py), the precision
-(``float32``, ``bfloat16`` = CPU autocast) and optionally LoRA on the upper N layers
-only.  Models and data are built once per layout and LoRA shape; then short runs of
+(``float32``, ``bfloat16`` = CPU autocast), optionally LoRA on the upper N layers
+only, and optionally each decoder layer compiled (``--compile``; its warm-up, three
+steps, compiles and is timed apart).  Models and data are built once per layout,
+LoRA shape and compilation; then short runs of
 ``--steps`` optimizer steps alternate between the variants (``--repeats`` rounds, the
 order reversed every other round) and the medians count, so a load that changes during
 the run hits every variant alike.  Reported per variant: pairs/s, target tokens/s (the
@@ -49,25 +51,36 @@ class Variant:
     forward: str
     precision: str
     top_layers: int | None = None
+    compile: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
         parts = spec.split("/")
-        if len(parts) not in (2, 3) or parts[0] not in FORWARDS or parts[1] not in PRECISIONS:
+        if len(parts) < 2 or parts[0] not in FORWARDS or parts[1] not in PRECISIONS:
             raise argparse.ArgumentTypeError(
-                f"variant {spec!r}: expected forward/precision[/topN], forward in {FORWARDS}, "
-                f"precision in {PRECISIONS}"
+                f"variant {spec!r}: expected forward/precision[/topN][/compile], forward in "
+                f"{FORWARDS}, precision in {PRECISIONS}"
             )
-        top = None
-        if len(parts) == 3:
-            if not parts[2].startswith("top") or not parts[2][3:].isdigit():
-                raise argparse.ArgumentTypeError(f"variant {spec!r}: the third part is topN")
-            top = int(parts[2][3:])
-        return cls(parts[0], parts[1], top)
+        top, compiled = None, False
+        for part in parts[2:]:
+            if part == "compile" and not compiled:
+                compiled = True
+            elif part.startswith("top") and part[3:].isdigit() and top is None and not compiled:
+                top = int(part[3:])
+            else:
+                raise argparse.ArgumentTypeError(
+                    f"variant {spec!r}: after forward/precision come topN, then compile"
+                )
+        return cls(parts[0], parts[1], top, compiled)
+
+    @property
+    def shape(self) -> tuple[int | None, bool]:
+        """What needs a model of its own: the LoRA layers, and compiled layers."""
+        return self.top_layers, self.compile
 
     def __str__(self) -> str:
         top = f"/top{self.top_layers}" if self.top_layers else ""
-        return f"{self.forward}/{self.precision}{top}"
+        return f"{self.forward}/{self.precision}{top}{'/compile' if self.compile else ''}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,10 +123,11 @@ def generated_pairs(folder: Path, count: int) -> list[str]:
 
 
 def prepared_models(args: argparse.Namespace, files: list[str], folder: Path) -> dict:
-    """Model, LoRA layers and dataset per (layout, LoRA layers), built once (not timed)."""
-    shapes = {(layout, v.top_layers) for layout in args.layouts for v in args.variants}
+    """Model, LoRA layers and dataset per (layout, LoRA layers, compiled), built once
+    (not timed)."""
+    shapes = {(layout, *v.shape) for layout in args.layouts for v in args.variants}
     return {
-        (layout, top): prepare(
+        (layout, top, compiled): prepare(
             TrainConfig(
                 train=files,
                 output_dir=str(folder / f"{layout}-{top}"),
@@ -125,6 +139,7 @@ def prepared_models(args: argparse.Namespace, files: list[str], folder: Path) ->
                 lora_r=args.lora_r,
                 lora_alpha=2 * args.lora_r,
                 lora_top_layers=top,
+                compile=compiled,
                 max_steps=args.steps,
                 max_pairs=args.pairs,
                 batch_tokens=args.batch_tokens,
@@ -134,7 +149,7 @@ def prepared_models(args: argparse.Namespace, files: list[str], folder: Path) ->
                 progress=False,
             )
         )
-        for layout, top in sorted(shapes, key=str)
+        for layout, top, compiled in sorted(shapes, key=str)
     }
 
 
@@ -203,13 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             files = generated_pairs(folder, args.pairs)
         prepared = prepared_models(args, files, folder)
-        for layout in args.layouts:  # warm-up: one step each, not counted
+        warmups = []
+        for layout in args.layouts:  # warm-up, not counted: one step, three to compile
             for variant in args.variants:
-                one_run(prepared[(layout, variant.top_layers)], variant, steps=1)
+                warm = one_run(
+                    prepared[(layout, *variant.shape)], variant, 3 if variant.compile else 1
+                )
+                warmups.append(warm)
         for repeat in range(args.repeats):
             order = [(lay, v) for lay in args.layouts for v in args.variants]
             for layout, variant in order if repeat % 2 == 0 else reversed(order):
-                run = one_run(prepared[(layout, variant.top_layers)], variant)
+                run = one_run(prepared[(layout, *variant.shape)], variant)
                 run["repeat"] = repeat
                 runs.append(run)
                 print(
@@ -245,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=torch.get_num_threads(),
         beside=args.beside,
         summary=rows,
+        warmup_seconds={f"{w['layout']} {w['variant']}": w["seconds"] for w in warmups},
         units={
             "pairs_per_second": "training pairs (examples) per second of training steps",
             "target_tokens_per_second": "labelled positions (target, stop, lookahead) per second",

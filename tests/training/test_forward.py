@@ -196,6 +196,26 @@ def test_lora_on_the_upper_layers_only(tmp_path, model_cache):
         )
 
 
+def test_compiled_layers_give_the_plain_loss_and_gradients(tmp_path, model_cache):
+    """``--compile``: each decoder layer compiled, over batches of two widths (dynamic
+    shapes); the fast loss and every LoRA gradient equal the eager plain forward, and
+    the parameters keep their names (what is saved)."""
+    prepared = prepared_run(tmp_path, model_cache, "llama", "exposst", True, True, compile=True)
+    model = prepared.model.train()
+    batch_list = batches(prepared, [5, 7])
+    assert batch_list[0]["input_ids"].shape[1] != batch_list[1]["input_ids"].shape[1]
+    names = [n for n, _ in model.named_parameters()]
+    reference = loss_and_grads(model, batch_list, plain)  # before anything is compiled
+    trainer, _ = make_trainer(prepared)  # compiles, as a run does
+    assert all(
+        layer._compiled_call_impl is not None for layer in model.base_model.model.model.layers
+    )
+    assert [n for n, _ in model.named_parameters()] == names
+    via_trainer = lambda m, b, n: trainer.compute_loss(m, dict(b), num_items_in_batch=n)  # noqa: E731
+    assert_equal(reference, loss_and_grads(model, batch_list, via_trainer))
+    assert forward.compile_decoder_layers(model) == len(model.base_model.model.model.layers)
+
+
 def test_precision_auto_follows_the_cpu_and_can_be_forced(monkeypatch):
     monkeypatch.setattr(forward, "cpu_native_bf16", lambda: True)
     assert forward.resolve_precision("auto", "cpu") == "bfloat16"

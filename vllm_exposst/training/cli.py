@@ -120,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
         help="--forward plain",
     )
     opt.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each decoder layer: faster steps after a minute or more of "
+        "compilation (long runs)",
+    )
+    opt.add_argument(
         "--max-minutes",
         type=float,
         help="stop after this many minutes of training and save (exposst.json records it)",
@@ -216,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         precision=args.precision,
         forward=args.forward,
         lora_top_layers=args.lora_top_layers,
+        compile=args.compile,
         max_minutes=args.max_minutes,
         save_dtype=args.save_dtype,
         threads=args.threads,

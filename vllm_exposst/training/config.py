@@ -67,6 +67,7 @@ class TrainConfig:
     precision: str = "float32"  # or auto | bfloat16 (training.forward.resolve_precision)
     forward: str = "fast"  # fast | label-head | plain (training.forward; plain = model(**batch))
     lora_top_layers: int | None = None  # LoRA only on the upper N layers (backward stops there)
+    compile: bool = False  # torch.compile each decoder layer (training.forward)
     max_minutes: float | None = None  # stop (and save) after this much training time
     save_dtype: str = "float32"  # adapter weights as stored: bfloat16/float16 halve the file
     threads: int | None = None  # torch CPU threads (1 is fastest on a busy CPU)

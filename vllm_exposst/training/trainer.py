@@ -49,7 +49,7 @@ from .data import (
 )
 from .dev_eval import DevEvaluator
 from .examples import IGNORE_INDEX
-from .forward import fast_loss, resolve_precision, supports_fast_forward
+from .forward import compile_decoder_layers, fast_loss, resolve_precision, supports_fast_forward
 from .progress import ProgressBar, ThroughputMeter, TimeLimit
 from .record import adapter_meta, cast_adapter_weights, last_eval
 
@@ -277,6 +277,8 @@ def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
 def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
     """The ``Trainer`` for a prepared run, and the meter that times its steps."""
     config = prepared.config
+    if config.compile:
+        compile_decoder_layers(prepared.model)
     meter = ThroughputMeter()
     trainer = LayoutTrainer(
         model=prepared.model,
@@ -332,6 +334,7 @@ def train(config: TrainConfig) -> TrainResult:
     meta["training"]["precision"] = precision(config)
     meta["training"]["device"] = device()
     meta["training"]["threads"] = torch.get_num_threads()
+    meta["training"]["compile"] = config.compile
     # only the TimeLimit callback ends a run before its planned steps
     meta["training"]["stopped_by_time_limit"] = steps < trainer.state.max_steps
     write_adapter_meta(out, meta)
