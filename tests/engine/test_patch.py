@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,73 @@ def test_an_idle_core_handles_a_signal_that_landed_on_another_thread():
     handler never runs while the main thread waits; with WakingQueue it runs."""
     assert _idle_wait_then_signal("WakingQueue") == (True, "handled\n")
     assert _idle_wait_then_signal("queue.Queue") == (False, "")  # the bug it fixes
+
+
+READER_WAIT = """
+import gc, json, threading, time
+from vllm_exposst import plugin
+plugin.register()
+from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
+
+writer = MessageQueue(n_reader=1, n_local_reader=1)
+handle, got = writer.export_handle(), {}
+
+def read():
+    reader = MessageQueue.create_from_handle(handle, 0)
+    reader.wait_until_ready()
+    got["first"] = reader.dequeue()
+    cpu, wall = time.thread_time(), time.monotonic()
+    got["second"] = reader.dequeue()  # the writer sends it 0.5 s later
+    got["cpu"], got["wall"] = time.thread_time() - cpu, time.monotonic() - wall
+    del reader
+
+thread = threading.Thread(target=read)
+thread.start()
+writer.wait_until_ready()
+writer.enqueue("a")
+time.sleep(0.5)
+writer.enqueue("b")
+thread.join(10)
+del writer
+gc.collect()
+print(json.dumps(got))
+"""
+
+
+def _reader_wait(spin: str | None) -> dict:
+    """A queue reader's wait for a message sent 0.5 s after the previous one."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_EXPOSST_READER_SPIN_S"}
+    if spin is not None:
+        env["VLLM_EXPOSST_READER_SPIN_S"] = spin
+    done = subprocess.run(
+        [sys.executable, "-c", READER_WAIT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_queue_reader_sleeps_instead_of_spinning_when_told():
+    """With VLLM_EXPOSST_READER_SPIN_S=0 the reader gets its message (woken by the writer's
+    notification) and spends next to no CPU waiting; without it, vLLM's reader spins."""
+    sleeping = _reader_wait("0")
+    assert sleeping["second"] == "b" and sleeping["wall"] >= 0.4
+    assert sleeping["cpu"] < 0.1 * sleeping["wall"], sleeping
+    spinning = _reader_wait(None)
+    assert spinning["second"] == "b"
+    assert spinning["cpu"] > 0.3 * spinning["wall"], spinning  # the measure sees a spin
+
+
+def test_the_cpu_process_layout_is_a_default_the_environment_overrides(monkeypatch):
+    from vllm_exposst.patch import engine_args
+
+    for key in engine_args.CPU_PROCESS_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")  # a user's own choice
+    engine_args.cpu_process_layout()
+    assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
+    assert os.environ["VLLM_EXPOSST_READER_SPIN_S"] == "0"

@@ -83,6 +83,19 @@ LEDGER: tuple[Patch, ...] = (
         module="lora_linear_cpu",
     ),
     Patch(
+        target="vllm.distributed.device_communicators.shm_broadcast.SpinCondition.__init__",
+        why="a reader of the engine core's shared-memory queues (the worker waiting for a "
+        "schedule, the core waiting for the worker's output) spins on sched_yield() for "
+        "1 s after each message before it sleeps on the writer's notification, so on the "
+        "CPU each process keeps a core busy while the other computes; with "
+        "VLLM_EXPOSST_READER_SPIN_S set (ExPosST engines on the CPU, patch/engine_args.py) "
+        "a reader spins at most that long",
+        breaks_if="SpinCondition is renamed, stops taking is_reader first or stops "
+        "reading busy_loop_s in wait(), or the writer stops notifying on every message "
+        "(then a reader sleeps until its read timeout: slow steps, not wrong ones)",
+        module="shm_readers",
+    ),
+    Patch(
         target="vllm.config.VllmConfig.use_v2_model_runner",
         why="pin ExPosST engines to the V1 model runner, the one the worker patch is "
         "written for (as VLLM_USE_V2_MODEL_RUNNER=0 would)",
@@ -194,7 +207,16 @@ def replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
 
 def apply_all() -> None:
     """Apply every patch of the ledger (idempotent)."""
-    from . import api_server, engine_args, engine_core, lora_cpu, lora_linear_cpu, teardown, worker
+    from . import (
+        api_server,
+        engine_args,
+        engine_core,
+        lora_cpu,
+        lora_linear_cpu,
+        shm_readers,
+        teardown,
+        worker,
+    )
 
     worker.apply()
     lora_cpu.apply()
@@ -202,4 +224,5 @@ def apply_all() -> None:
     engine_core.apply()
     api_server.apply()
     engine_args.apply()
+    shm_readers.apply()
     teardown.apply()

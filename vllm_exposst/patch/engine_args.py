@@ -13,6 +13,7 @@ becomes 32 (:func:`small_blocks_on_cpu`).  Other engines are untouched.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ..adapter_meta import merged_model_settings
@@ -42,10 +43,37 @@ def small_blocks_on_cpu(args: Any) -> None:
         logger.info("ExPosST KV block size: %d (%s)", args.block_size, how)
 
 
+# the engine core and its worker on the CPU: the worker's threads on every core, and
+# readers that sleep on their shared-memory queues instead of spinning (patch/shm_readers.py)
+CPU_PROCESS_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_EXPOSST_READER_SPIN_S": "0"}
+
+
+def cpu_process_layout() -> None:
+    """On the CPU, give the model every core, unless the environment says otherwise.
+
+    vLLM reserves a core for the engine-core process, because the core spins while it
+    waits for its worker (and the worker while it waits for the core); on a 2-core
+    machine the model then runs on one core.  With readers that sleep instead, the
+    core's process is idle during a forward pass and the worker's threads can take all
+    cores.  The processes the engine starts inherit these variables; set either one to
+    keep vLLM's layout (``VLLM_CPU_NUM_OF_RESERVED_CPU=1 VLLM_EXPOSST_READER_SPIN_S=1``).
+    """
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        for key, value in CPU_PROCESS_ENV.items():
+            os.environ.setdefault(key, value)
+        logger.info(
+            "ExPosST CPU layout: reserved cores %s, queue readers spin %s s",
+            *(os.environ[key] for key in CPU_PROCESS_ENV),
+        )
+
+
 def exposst_defaults(args: Any) -> None:
     """Set ``args.dtype``, ``args.block_size`` and ``args.additional_config['exposst']``
-    where left unset."""
+    where left unset, and the CPU's process layout (:func:`cpu_process_layout`)."""
     small_blocks_on_cpu(args)
+    cpu_process_layout()
     requested = args.dtype
     args.dtype = resolve_dtype(requested)
     how = "default for this platform; --dtype to change" if args.dtype != requested else "asked"
