@@ -83,13 +83,14 @@ LEDGER: tuple[Patch, ...] = (
         module="lora_linear_cpu",
     ),
     Patch(
-        target="vllm.distributed.device_communicators.shm_broadcast.SpinCondition.__init__",
+        target="vllm.distributed.device_communicators.shm_broadcast.SpinCondition.{__init__,wait}",
         why="a reader of the engine core's shared-memory queues (the worker waiting for a "
         "schedule, the core waiting for the worker's output) spins on sched_yield() for "
         "1 s after each message before it sleeps on the writer's notification, so on the "
         "CPU each process keeps a core busy while the other computes; with "
         "VLLM_EXPOSST_READER_SPIN_S set (ExPosST engines on the CPU, patch/engine_args.py) "
-        "a reader spins at most that long",
+        "a reader spins at most that long, and while the queue is active it sleeps at most "
+        "2 ms at a time, so a lost notification costs 2 ms, not vLLM's 5 s recheck",
         breaks_if="SpinCondition is renamed, stops taking is_reader first or stops "
         "reading busy_loop_s in wait(), or the writer stops notifying on every message "
         "(then a reader sleeps until its read timeout: slow steps, not wrong ones)",
