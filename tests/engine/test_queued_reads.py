@@ -169,3 +169,47 @@ def test_reads_queue_when_the_target_budget_is_nearly_spent(served, engine_loop)
     # a READ before a turn of words queues only if the budget is set from what is left
     # (24 < 2 x 16); one before the tail queued already
     assert sum(r.queued_reads for r in queued) > len(jobs)  # more than one (tail) READ each
+
+
+def test_source_arriving_during_a_turn_with_a_queued_read(served, engine_loop):
+    """Live speakers whose words arrive while a turn with a READ queued behind it runs.
+
+    The default target limit grows with the source that has arrived (twice its tokens
+    + 16), and with 16-token words the limit, not the word cap, sets a turn's budget.
+    The turn after a queued READ must run with the budget the READ was queued with (the
+    engine already set it), not one recomputed from the grown source: the session once
+    failed there with "a queued READ differs from the session's chunk" (40 speakers on
+    the server).  Every session must finish, READs must have queued, and the engine's
+    token count must equal what the sessions sent."""
+    engine, _, _ = served
+    rng = random.Random(31)
+    jobs = [
+        (
+            random_sentence(rng, ENGLISH_WORDS, 10, 16),
+            SessionConfig(policy=POLICIES[i % 2], slot_len=4, max_word_tokens=16),
+        )
+        for i in range(16)
+    ]
+
+    async def speak(source: str, config: SessionConfig, seed: int):
+        words, pause = source.split(), random.Random(seed)
+        session = await engine.open(config=config)
+        try:
+            await session.push(" ".join(words[:3]) + " ")
+            for word in words[3:]:  # the rest while turns run: 1-6 ms apart
+                await asyncio.sleep(pause.uniform(0.001, 0.006))
+                await session.push(word + " ")
+            await session.finish()
+            return await session.result()
+        finally:
+            await session.close()
+
+    async def go():
+        return await asyncio.gather(*[speak(s, c, i) for i, (s, c) in enumerate(jobs)])
+
+    results = engine_loop.run(go())
+    assert all(r.target_ids for r in results)
+    assert sum(r.queued_reads for r in results) > len(jobs)
+    counts = engine_loop.run(engine.stats())["tokens_computed"]
+    for result in results:
+        assert counts[result.request_ids[0]] == result.tokens_sent - result.tokens_cached
