@@ -96,6 +96,7 @@ def cipher_run(tmp_path_factory, model_path):
         slot_len=SLOT_LEN,
         lora_dropout=0.0,
         learning_rate=3e-3,
+        precision="float32",  # the thresholds below are float32's
         # the refeed layout (default) must learn to attend from the copy to the word just
         # read: after 250 steps the train loss is still ~0.48x its start (the first rule:
         # 0.007x); after 1500 the held-out loss is ~0.03x (docs/design.md: the refeed rule)
@@ -169,6 +170,7 @@ def test_a_padded_batch_has_the_loss_of_the_fixed_layout_with_a_4d_mask(tmp_path
         model=str(model_path),
         policy="wait-k:1-3",
         slot_len=2,
+        precision="float32",  # an exact comparison
         progress=False,
     )
     prepared = prepare(config)
@@ -398,6 +400,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, m
         learning_rate=1e-3,
         max_steps=6,
         batch_tokens=400,
+        precision="float32",
         save_every=2,
         progress=False,
     )

@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="float32",
+        default="auto",
         help="float32, bfloat16 (autocast on the CPU, mixed precision on CUDA), or auto: "
         "bfloat16 on a CPU with avx512_bf16 or AMX, float32 elsewhere (default: %(default)s)",
     )

@@ -64,7 +64,7 @@ class TrainConfig:
     eval_decode: int | None = None  # dev pairs decoded for BLEU (None: all; 0: dev loss only)
     save_every: int = 500  # checkpoint interval in steps; 0: none
     log_every: int = 10
-    precision: str = "float32"  # or auto | bfloat16 (training.forward.resolve_precision)
+    precision: str = "auto"  # bfloat16 on CPUs with native bf16, else float32 (forward.py)
     forward: str = "fast"  # fast | label-head | plain (training.forward; plain = model(**batch))
     lora_top_layers: int | None = None  # LoRA only on the upper N layers (backward stops there)
     compile: bool = False  # torch.compile each decoder layer (training.forward)
