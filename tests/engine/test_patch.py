@@ -221,7 +221,9 @@ def test_a_queue_reader_sleeps_instead_of_spinning_when_told():
     assert sleeping["cpu"] < 0.1 * sleeping["wall"], sleeping
     spinning = _reader_wait(None)
     assert spinning["second"] == "b"
-    assert spinning["cpu"] > 0.3 * spinning["wall"], spinning  # the measure sees a spin
+    # the measure sees a spin: on a loaded machine the spinner gets only its share of
+    # the cores, but still far more CPU than a sleeper
+    assert spinning["cpu"] > 10 * max(sleeping["cpu"], 0.001), (spinning, sleeping)
 
 
 def test_a_sleeping_reader_finds_a_message_whose_notification_was_lost():
@@ -236,9 +238,11 @@ def test_a_sleeping_reader_finds_a_message_whose_notification_was_lost():
 def test_the_cpu_process_layout_is_a_default_the_environment_overrides(monkeypatch):
     from vllm_exposst.patch import engine_args
 
-    for key in engine_args.CPU_PROCESS_ENV:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")  # a user's own choice
+    monkeypatch.delenv("VLLM_EXPOSST_READER_SPIN_S", raising=False)
+    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
     engine_args.cpu_process_layout()
-    assert os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
     assert os.environ["VLLM_EXPOSST_READER_SPIN_S"] == "0"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ  # vLLM's reserved core stays
+    monkeypatch.setenv("VLLM_EXPOSST_READER_SPIN_S", "1")  # a user's own choice
+    engine_args.cpu_process_layout()
+    assert os.environ["VLLM_EXPOSST_READER_SPIN_S"] == "1"

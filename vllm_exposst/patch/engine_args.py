@@ -43,20 +43,22 @@ def small_blocks_on_cpu(args: Any) -> None:
         logger.info("ExPosST KV block size: %d (%s)", args.block_size, how)
 
 
-# the engine core and its worker on the CPU: the worker's threads on every core, and
-# readers that sleep on their shared-memory queues instead of spinning (patch/shm_readers.py)
-CPU_PROCESS_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_EXPOSST_READER_SPIN_S": "0"}
+# readers of the engine core's and worker's queues sleep instead of spinning
+# (patch/shm_readers.py); the environment overrides it
+CPU_PROCESS_ENV = {"VLLM_EXPOSST_READER_SPIN_S": "0"}
 
 
 def cpu_process_layout() -> None:
-    """On the CPU, give the model every core, unless the environment says otherwise.
+    """On the CPU, let the engine's processes sleep while they wait for each other.
 
-    vLLM reserves a core for the engine-core process, because the core spins while it
-    waits for its worker (and the worker while it waits for the core); on a 2-core
-    machine the model then runs on one core.  With readers that sleep instead, the
-    core's process is idle during a forward pass and the worker's threads can take all
-    cores.  The processes the engine starts inherit these variables; set either one to
-    keep vLLM's layout (``VLLM_CPU_NUM_OF_RESERVED_CPU=1 VLLM_EXPOSST_READER_SPIN_S=1``).
+    vLLM's engine core spins while its worker runs a step (and the worker while the
+    core schedules), and vLLM reserves a core for the core's process because of it.
+    With sleeping readers that core is free for the API server between steps.  On a
+    machine that runs nothing but the server, ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` also
+    gives the model every core (1.18x faster LoRA steps on 2 cores, docs/benchmarks.md);
+    it is not the default because a worker whose threads share their cores with other
+    work waits at every barrier for the slowest one.  ``VLLM_EXPOSST_READER_SPIN_S=1``
+    restores vLLM's spinning.  The processes the engine starts inherit the variables.
     """
     from vllm.platforms import current_platform
 
@@ -64,8 +66,9 @@ def cpu_process_layout() -> None:
         for key, value in CPU_PROCESS_ENV.items():
             os.environ.setdefault(key, value)
         logger.info(
-            "ExPosST CPU layout: reserved cores %s, queue readers spin %s s",
-            *(os.environ[key] for key in CPU_PROCESS_ENV),
+            "ExPosST CPU layout: queue readers spin %s s; cores reserved for the engine core: %s",
+            os.environ["VLLM_EXPOSST_READER_SPIN_S"],
+            os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "vLLM's default"),
         )
 
 

@@ -9,7 +9,7 @@ before it sleeps on the writer's ZMQ notification.  Under steady load the core s
 for the whole of every forward pass while it waits for the worker's answer, and the
 worker spins while the core schedules.  vLLM pays for this by reserving a core for the
 engine-core process (``VLLM_CPU_NUM_OF_RESERVED_CPU``), so on a 2-core machine the
-model runs on one core.
+model runs on one core while the other mostly spins.
 
 With :data:`SPIN_ENV` set (by :func:`vllm_exposst.patch.engine_args.cpu_process_layout`
 for ExPosST engines on the CPU, inherited by the engine core and the worker), a reader
