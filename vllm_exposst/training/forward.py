@@ -56,10 +56,11 @@ def compile_decoder_layers(model: Any) -> int:
 
     Regional compilation: the 30 layers share one compiled graph, and the code around
     them (the shared-prefix cache, PEFT's wrappers, the loss) stays eager, so a batch of
-    a new width does not recompile the whole model.  On the CPU inductor fuses the
-    norms, activations and rotary embeddings the eager path runs op by op.  The first
-    steps pay the compilation (a minute or more on two cores); the weights, their names
-    and what is saved do not change.  A second call does nothing.
+    a new width does not recompile the whole model.  Inductor fuses the norms,
+    activations and rotary embeddings the eager path runs op by op; on a quiet 2-core
+    CPU that gained 1-3% (docs/training.md).  The first steps pay the compilation (up to
+    a minute there); the weights, their names and what is saved do not change.  A
+    second call does nothing.
     """
     layers = getattr(getattr(causal_lm(model), "model", None), "layers", None)
     if layers is None:
