@@ -54,14 +54,19 @@ class QueuedRead:
         """Did the turn before end as planned (a lookahead, and not the stop token)?"""
         return lookahead is not None and lookahead != self.stop_id
 
+    def room_left(self, kept: int) -> int | None:
+        """Target tokens left after the turn before kept ``kept`` sampled tokens, by the
+        budget of when the READ was queued (None: a fixed budget)."""
+        return None if self.room is None else self.room - self.carried - kept
+
     def complete(self, kept: int, last_token: int, start: int) -> Completion:
         """The chunk's remaining parts once the turn before has kept ``kept`` sampled
         tokens (its lookahead dropped); ``last_token`` is the request's last token (the
         turn's last written target token), ``start`` its token count."""
         written = self.carried + kept
         max_tokens = None
-        if self.room is not None:  # as the session budgets it: what is left, at most the cap
-            left = self.room - written
+        left = self.room_left(kept)
+        if left is not None:  # as the session budgets it: what is left, at most the cap
             max_tokens = (left if self.word_cap is None else min(left, self.word_cap)) + 1
         if self.allocator is None:
             return Completion([], None, max_tokens)

@@ -236,9 +236,9 @@ class SessionDecoder:
         """
         config, stop = self.s.config, self.s.template.stop_id
         room = self._limit() - len(self.target_ids)
-        if self.queued is not None:  # this turn's chunk went ahead with its READ: the
-            # budget is the one it was queued with, though more source may have arrived
-            room = self.queued.read.room - self.queued.read.carried - self.queued.kept
+        left = self.queued.read.room_left(self.queued.kept) if self.queued else None
+        if left is not None:  # this turn's chunk went ahead with its READ: the budget is
+            room = left  # the one it was queued with, though more source may have arrived
         carried: Sampled = []
         turn: dict[str, Any] = {}
         if not self.header_done:

@@ -20,6 +20,7 @@ from ..adapter_meta import merged_model_settings
 from ..precision import dtype_name, resolve_dtype
 from ..switch import is_exposst_scheduler
 from . import replace
+from .shm_readers import SPIN_ENV
 
 logger = logging.getLogger("vllm.exposst")  # under vLLM's handler: in its startup log
 
@@ -43,11 +44,6 @@ def small_blocks_on_cpu(args: Any) -> None:
         logger.info("ExPosST KV block size: %d (%s)", args.block_size, how)
 
 
-# readers of the engine core's and worker's queues sleep instead of spinning
-# (patch/shm_readers.py); the environment overrides it
-CPU_PROCESS_ENV = {"VLLM_EXPOSST_READER_SPIN_S": "0"}
-
-
 def cpu_process_layout() -> None:
     """On the CPU, let the engine's processes sleep while they wait for each other.
 
@@ -63,11 +59,10 @@ def cpu_process_layout() -> None:
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
-        for key, value in CPU_PROCESS_ENV.items():
-            os.environ.setdefault(key, value)
+        os.environ.setdefault(SPIN_ENV, "0")  # the environment overrides it
         logger.info(
             "ExPosST CPU layout: queue readers spin %s s; cores reserved for the engine core: %s",
-            os.environ["VLLM_EXPOSST_READER_SPIN_S"],
+            os.environ[SPIN_ENV],
             os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "vLLM's default"),
         )
 
