@@ -1,12 +1,14 @@
 """Training throughput: the plain forward against the fast one (and layouts), same pairs, one run.
 
-Each *variant* is ``forward/precision[/topN][/compile]``: the forward (``plain`` =
-``model(**batch)``, ``label-head`` = the LM head only at labels, ``fast`` = that plus
-the shared prompt prefix once per batch; training/forward.py), the precision
-(``float32``, ``bfloat16`` = CPU autocast), optionally LoRA on the upper N layers
-only, and optionally each decoder layer compiled (``--compile``; its warm-up, three
-steps, compiles and is timed apart).  Models and data are built once per layout,
-LoRA shape and compilation; then short runs of
+Each *variant* is ``forward/precision[/eager|/sdpa][/nodrop][/topN][/compile]``: the forward
+(``plain`` = ``model(**batch)``, ``label-head`` = the LM head only at labels, ``fast`` =
+that plus the shared prompt prefix once per batch; training/forward.py), the precision
+(``float32``, ``bfloat16`` = CPU autocast), optionally the attention kernel (default: the
+trainer's ``auto``, eager for the fast forwards on the CPU, the model's sdpa for plain),
+optionally LoRA dropout off for the run (``nodrop``: what dropout's random masks cost),
+optionally LoRA on the upper N layers only, and optionally each decoder layer compiled
+(``--compile``; its warm-up, three steps, compiles and is timed apart).  Models and data
+are built once per layout, LoRA shape and compilation; then short runs of
 ``--steps`` optimizer steps alternate between the variants (``--repeats`` rounds, the
 order reversed every other round) and the medians count, so a load that changes during
 the run hits every variant alike.  Reported per variant: pairs/s, target tokens/s (the
@@ -41,6 +43,7 @@ from vllm_exposst.defaults import DEFAULT_SLOT_LEN
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
 from vllm_exposst.training.config import FORWARDS, PRECISIONS
+from vllm_exposst.training.forward import causal_lm
 from vllm_exposst.training.trainer import TrainConfig, make_trainer, prepare
 
 DEFAULT_VARIANTS = ["plain/float32", "label-head/float32", "fast/float32", "fast/bfloat16"]
@@ -52,26 +55,35 @@ class Variant:
     precision: str
     top_layers: int | None = None
     compile: bool = False
+    attention: str = "auto"
+    dropout: bool = True
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
         parts = spec.split("/")
         if len(parts) < 2 or parts[0] not in FORWARDS or parts[1] not in PRECISIONS:
             raise argparse.ArgumentTypeError(
-                f"variant {spec!r}: expected forward/precision[/topN][/compile], forward in "
-                f"{FORWARDS}, precision in {PRECISIONS}"
+                f"variant {spec!r}: expected forward/precision[/eager|sdpa][/nodrop][/topN]"
+                f"[/compile], "
+                f"forward in {FORWARDS}, precision in {PRECISIONS}"
             )
-        top, compiled = None, False
+        top, compiled, attention, dropout = None, False, "auto", True
         for part in parts[2:]:
-            if part == "compile" and not compiled:
+            later = top is not None or compiled
+            if part in ("eager", "sdpa") and attention == "auto" and dropout and not later:
+                attention = part
+            elif part == "nodrop" and dropout and not later:
+                dropout = False
+            elif part == "compile" and not compiled:
                 compiled = True
             elif part.startswith("top") and part[3:].isdigit() and top is None and not compiled:
                 top = int(part[3:])
             else:
                 raise argparse.ArgumentTypeError(
-                    f"variant {spec!r}: after forward/precision come topN, then compile"
+                    f"variant {spec!r}: after forward/precision come eager or sdpa, nodrop, topN, "
+                    "then compile"
                 )
-        return cls(parts[0], parts[1], top, compiled)
+        return cls(parts[0], parts[1], top, compiled, attention, dropout)
 
     @property
     def shape(self) -> tuple[int | None, bool]:
@@ -79,8 +91,11 @@ class Variant:
         return self.top_layers, self.compile
 
     def __str__(self) -> str:
+        attention = "" if self.attention == "auto" else f"/{self.attention}"
+        attention += "" if self.dropout else "/nodrop"
         top = f"/top{self.top_layers}" if self.top_layers else ""
-        return f"{self.forward}/{self.precision}{top}{'/compile' if self.compile else ''}"
+        compiled = "/compile" if self.compile else ""
+        return f"{self.forward}/{self.precision}{attention}{top}{compiled}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,19 +173,34 @@ def resident_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def lora_dropout(model, p: float | None) -> float | None:
+    """Set the LoRA dropout probability of every adapted layer (None: leave it); the old one."""
+    old = None
+    for name, module in model.named_modules():
+        if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout):
+            old = module.p
+            if p is not None:
+                module.p = p
+    return old
+
+
 def one_run(prepared, variant: Variant, steps: int | None = None) -> dict:
     """``steps`` optimizer steps with a fresh Trainer; rates of the steps alone."""
     config = prepared.config
     config.forward, config.precision = variant.forward, variant.precision
+    config.attention = variant.attention
     planned, config.max_steps = config.max_steps, steps or config.max_steps
     trainer, meter = make_trainer(prepared)
+    kept = lora_dropout(prepared.model, None if variant.dropout else 0.0)
     trainer.train()
+    lora_dropout(prepared.model, kept)
     config.max_steps = planned
     return {
         "layout": prepared.config.layout,
         "variant": str(variant),
         "forward": trainer.forward,
         "bf16": trainer.cpu_bf16,
+        "attention": causal_lm(prepared.model).config._attn_implementation,
         "steps": trainer.state.global_step,
         "pairs": meter.pairs,
         "target_tokens": meter.target_tokens,

@@ -16,6 +16,8 @@ set at a few wait-k values. The arms answer the questions of the two-stage recip
                     the trainer's precision default (docs/training.md)
     top15           from-scratch with LoRA on the upper 15 of 30 layers only (the trainer's
                     fastest cut changes what is trained; compare with from-scratch)
+    no-dropout      from-offline without LoRA dropout (its random masks cost a fifth of a
+                    CPU step), for the trainer's dropout default
 
 Each arm's training also reports its loss on ``--dev-loss-pairs`` dev pairs (the same
 pairs and policies for every arm, evaluated in float32 at the end), which separates
@@ -55,6 +57,7 @@ ARMS: dict[str, list[str]] = {
     "r16": ["--lora-r", "16", "--lora-alpha", "32"],
     "float32": [*FROM_OFFLINE, "--precision", "float32"],
     "top15": ["--lora-top-layers", "15"],
+    "no-dropout": [*FROM_OFFLINE, "--lora-dropout", "0"],
 }
 
 

@@ -124,12 +124,15 @@ def test_fast_loss_and_lora_gradients_equal_the_plain_forward(
     assert len({int(m.sum()) for m in batch_list[1]["attention_mask"]}) > 1
     prefix = forward.shared_prefix_len(batch_list[0])
     assert prefix >= prepared.template.prefix_len  # the system prompt and more are shared
+    assert forward.causal_lm(model).config._attn_implementation == "sdpa"  # the model's own
     reference = loss_and_grads(model, batch_list, plain)
     assert_equal(reference, loss_and_grads(model, batch_list, forward.fast_loss))
     label_head = loss_and_grads(
         model, batch_list, lambda m, b, n: forward.fast_loss(m, b, n, share_prefix=False)
     )
     assert_equal(reference, label_head)
+    forward.set_attention(model, "eager")  # what the trainer's auto picks on the CPU
+    assert_equal(reference, loss_and_grads(model, batch_list, forward.fast_loss))
 
 
 def test_the_trainer_loss_is_the_plain_loss_with_accumulation(tmp_path, model_cache):
@@ -137,19 +140,20 @@ def test_the_trainer_loss_is_the_plain_loss_with_accumulation(tmp_path, model_ca
     prepared = prepared_run(tmp_path, model_cache, "llama", "exposst", True, True)
     model = prepared.model.train()
     batch_list = batches(prepared, [4, 8])
-    fast_trainer, _ = make_trainer(prepared)
-    assert fast_trainer.forward == "fast" and not fast_trainer.cpu_bf16
-    prepared.config.forward = "plain"
-    plain_trainer, _ = make_trainer(prepared)
-    assert plain_trainer.forward == "plain"
+    attention = lambda: forward.causal_lm(model).config._attn_implementation  # noqa: E731
 
     def via(trainer):
         return lambda m, b, n: trainer.compute_loss(m, dict(b), num_items_in_batch=n)
 
-    assert_equal(
-        loss_and_grads(model, batch_list, via(plain_trainer)),
-        loss_and_grads(model, batch_list, via(fast_trainer)),
-    )
+    prepared.config.forward = "plain"
+    plain_trainer, _ = make_trainer(prepared)
+    assert plain_trainer.forward == "plain" and attention() == "sdpa"  # as before
+    reference = loss_and_grads(model, batch_list, via(plain_trainer))
+    prepared.config.forward = "fast"
+    fast_trainer, _ = make_trainer(prepared)
+    assert fast_trainer.forward == "fast" and not fast_trainer.cpu_bf16
+    assert attention() == "eager"  # --attention auto on the CPU
+    assert_equal(reference, loss_and_grads(model, batch_list, via(fast_trainer)))
 
 
 def test_rows_with_different_prompts_train_as_the_plain_forward(tmp_path, model_cache):
@@ -226,6 +230,15 @@ def test_precision_auto_follows_the_cpu_and_can_be_forced(monkeypatch):
     assert forward.resolve_precision("bfloat16", "cpu") == "bfloat16"
 
 
+def test_attention_auto_is_eager_for_the_fast_forwards_on_the_cpu():
+    assert forward.resolve_attention("auto", "cpu", "fast") == "eager"
+    assert forward.resolve_attention("auto", "cpu", "label-head") == "eager"
+    assert forward.resolve_attention("auto", "cpu", "plain") == "sdpa"
+    assert forward.resolve_attention("auto", "cuda", "fast") == "sdpa"
+    assert forward.resolve_attention("sdpa", "cpu", "fast") == "sdpa"
+    assert forward.resolve_attention("eager", "cuda", "plain") == "eager"
+
+
 def test_short_cipher_runs_reach_the_same_held_out_loss_by_both_paths(tmp_path, model_cache):
     """A real run (Trainer, Adam, schedule) by the fast and the plain forward, float32."""
     held_out = cipher_pairs(seed=99, count=20)
@@ -252,6 +265,7 @@ def test_short_cipher_runs_reach_the_same_held_out_loss_by_both_paths(tmp_path, 
         record = json.loads((Path(config.output_dir) / "exposst.json").read_text())
         assert record["training"]["forward"] == path
         assert record["training"]["precision"] == "float32"
+        assert record["training"]["attention"] == ("eager" if path == "fast" else "sdpa")
         assert record["training"]["pairs_per_second"] > 0
         from peft import PeftModel
 

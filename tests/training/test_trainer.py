@@ -24,7 +24,7 @@ from vllm_exposst.adapter_meta import read_adapter_meta, session_defaults, write
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
 from vllm_exposst.training.cli import main
-from vllm_exposst.training.data import PadCollator, TokenBudgetBatchSampler
+from vllm_exposst.training.data import PadCollator, TokenBudgetBatchSampler, TrainingInputError
 from vllm_exposst.training.dev_eval import score
 from vllm_exposst.training.examples import (
     IGNORE_INDEX,
@@ -493,6 +493,64 @@ def test_bad_inputs_stop_with_a_clear_error_before_training(
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("exposst-train: error: ") and message in last_line, last_line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"attention": "flash"}, "unknown attention 'flash'"),
+        ({"forward": "quick"}, "unknown forward 'quick'"),
+        ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ],
+)
+def test_the_python_api_rejects_unknown_kernel_options(tmp_path, model_path, option, message):
+    config = TrainConfig(
+        train=write_pairs(tmp_path, "train", cipher_pairs(seed=9, count=3)),
+        output_dir=str(tmp_path / "out"),
+        model=str(model_path),
+        progress=False,
+        **option,
+    )
+    with pytest.raises(TrainingInputError, match=message):
+        prepare(config)
+
+
+def test_continuing_an_adapter_keeps_its_shape_and_weights_and_takes_this_runs_dropout(
+    tmp_path, model_path
+):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    files = write_pairs(tmp_path, "train", cipher_pairs(seed=5, count=20))
+    common = dict(train=files, model=str(model_path), slot_len=4, save_every=0, progress=False)
+    first = train(
+        TrainConfig(
+            output_dir=str(tmp_path / "first"),
+            lora_r=4,
+            lora_alpha=8,
+            max_steps=3,
+            batch_tokens=300,
+            **common,
+        )
+    )
+    prepared = prepare(
+        TrainConfig(
+            output_dir=str(tmp_path / "second"),
+            lora_r=16,
+            lora_dropout=0.0,
+            init_adapter=str(first.output_dir),
+            **common,
+        )
+    )
+    own = prepared.model.peft_config["default"]
+    assert own.r == 4 and own.lora_alpha == 8 and own.lora_dropout == 0.0
+    saved = load_file(str(first.output_dir / "adapter_model.safetensors"))
+    loaded = get_peft_model_state_dict(prepared.model)
+    assert saved.keys() == loaded.keys() and saved
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    dropouts = [m for n, m in prepared.model.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and all(isinstance(m, torch.nn.Identity) for m in dropouts)  # none drawn
+    assert all(p.requires_grad for n, p in prepared.model.named_parameters() if "lora_" in n)
 
 
 def test_an_existing_adapter_is_not_overwritten_silently(tmp_path, model_path, capsys):

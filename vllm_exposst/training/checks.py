@@ -16,7 +16,7 @@ import torch
 
 from .. import models
 from ..defaults import TRAIN_MODES
-from .config import FORWARDS, PRECISIONS, TrainConfig
+from .config import ATTENTIONS, FORWARDS, PRECISIONS, TrainConfig
 from .data import TrainingInputError
 from .record import SAVE_DTYPES
 
@@ -41,6 +41,10 @@ def check_options(config: TrainConfig) -> None:
         )
     if config.forward not in FORWARDS:
         raise TrainingInputError(f"unknown forward {config.forward!r}; expected one of {FORWARDS}")
+    if config.attention not in ATTENTIONS:
+        raise TrainingInputError(
+            f"unknown attention {config.attention!r}; expected one of {ATTENTIONS}"
+        )
     if config.lora_top_layers is not None and (
         not isinstance(config.lora_top_layers, int) or config.lora_top_layers < 1
     ):

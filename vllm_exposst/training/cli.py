@@ -16,7 +16,7 @@ import sys
 from .. import models
 from ..defaults import DEFAULT_REFEED, DEFAULT_SLOT_LEN, TRAIN_MODES
 from .checks import SCHEDULES
-from .config import DEFAULT_TARGETS, FORWARDS, PRECISIONS, TrainConfig
+from .config import ATTENTIONS, DEFAULT_TARGETS, FORWARDS, PRECISIONS, TrainConfig
 from .data import TrainingInputError
 
 PROG = "exposst-train"
@@ -120,6 +120,14 @@ def parser() -> argparse.ArgumentParser:
         help="--forward plain",
     )
     opt.add_argument(
+        "--attention",
+        choices=ATTENTIONS,
+        default="auto",
+        help="attention kernel of training steps: eager, sdpa, or auto: eager on the CPU "
+        "(SDPA's CPU backward is slow on short rows; docs/training.md), sdpa on CUDA and for "
+        "--plain-forward (default: %(default)s)",
+    )
+    opt.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile each decoder layer (measured 1-3%% faster on a 2-core CPU, after up "
@@ -221,6 +229,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         log_every=args.log_every,
         precision=args.precision,
         forward=args.forward,
+        attention=args.attention,
         lora_top_layers=args.lora_top_layers,
         compile=args.compile,
         max_minutes=args.max_minutes,

@@ -20,6 +20,7 @@ from .dev_eval import DevEvaluator
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 FORWARDS = ("fast", "label-head", "plain")
+ATTENTIONS = ("auto", "eager", "sdpa")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -40,7 +41,7 @@ class TrainConfig:
     slot_len: int = DEFAULT_SLOT_LEN
     lookahead_labels: bool = False  # examples.add_lookahead_labels
     refeed: bool = DEFAULT_REFEED  # the refeed rule (layout.ExposstAllocator.refeed_due)
-    init_adapter: str | None = None  # continue from this adapter (its LoRA shape wins)
+    init_adapter: str | None = None  # continue this adapter (its shape wins; dropout is ours)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -66,6 +67,7 @@ class TrainConfig:
     log_every: int = 10
     precision: str = "auto"  # bfloat16 on CPUs with native bf16, else float32 (forward.py)
     forward: str = "fast"  # fast | label-head | plain (training.forward; plain = model(**batch))
+    attention: str = "auto"  # eager on the CPU for fast/label-head, else sdpa (training.forward)
     lora_top_layers: int | None = None  # LoRA only on the upper N layers (backward stops there)
     compile: bool = False  # torch.compile each decoder layer (training.forward)
     max_minutes: float | None = None  # stop (and save) after this much training time

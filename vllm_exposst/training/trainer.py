@@ -49,7 +49,14 @@ from .data import (
 )
 from .dev_eval import DevEvaluator
 from .examples import IGNORE_INDEX
-from .forward import compile_decoder_layers, fast_loss, resolve_precision, supports_fast_forward
+from .forward import (
+    compile_decoder_layers,
+    fast_loss,
+    resolve_attention,
+    resolve_precision,
+    set_attention,
+    supports_fast_forward,
+)
 from .progress import ProgressBar, ThroughputMeter, TimeLimit
 from .record import adapter_meta, cast_adapter_weights, last_eval
 
@@ -113,7 +120,12 @@ def prepare(config: TrainConfig) -> Prepared:
         **lora_layers(model, config.lora_top_layers),
     )
     if config.init_adapter:
-        model = PeftModel.from_pretrained(model.train(), config.init_adapter, is_trainable=True)
+        # the adapter's shape (rank, alpha, targets, layers) wins; dropout is this run's setting
+        own = LoraConfig.from_pretrained(config.init_adapter)
+        own.lora_dropout = config.lora_dropout
+        model = PeftModel.from_pretrained(
+            model.train(), config.init_adapter, is_trainable=True, config=own
+        )
     else:
         model = get_peft_model(model.train(), lora)
     return Prepared(
@@ -241,6 +253,11 @@ def precision(config: TrainConfig) -> str:
     return resolve_precision(config.precision, device())
 
 
+def attention(config: TrainConfig) -> str:
+    """The attention implementation this run trains with (``auto`` resolved)."""
+    return resolve_attention(config.attention, device(), config.forward)
+
+
 def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
     out = Path(config.output_dir).expanduser() / CHECKPOINTS
     evaluate = has_dev and config.eval_every > 0
@@ -277,6 +294,7 @@ def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
 def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
     """The ``Trainer`` for a prepared run, and the meter that times its steps."""
     config = prepared.config
+    set_attention(prepared.model, attention(config))
     if config.compile:
         compile_decoder_layers(prepared.model)
     meter = ThroughputMeter()
@@ -332,6 +350,7 @@ def train(config: TrainConfig) -> TrainResult:
     meta["training"]["planned_steps"] = trainer.state.max_steps
     meta["training"]["forward"] = trainer.forward  # what ran ("plain" where unsupported)
     meta["training"]["precision"] = precision(config)
+    meta["training"]["attention"] = attention(config)
     meta["training"]["device"] = device()
     meta["training"]["threads"] = torch.get_num_threads()
     meta["training"]["compile"] = config.compile
