@@ -1,11 +1,13 @@
 """Training throughput: the plain forward against the fast one (and layouts), same pairs, one run.
 
-Each *variant* is ``forward/precision[/eager|/sdpa][/nodrop][/topN][/compile]``: the forward
+Each *variant* is
+``forward/precision[/eager|/sdpa][/nodrop|/torchmask|/fastmask][/topN][/compile]``: the forward
 (``plain`` = ``model(**batch)``, ``label-head`` = the LM head only at labels, ``fast`` =
 that plus the shared prompt prefix once per batch; training/forward.py), the precision
 (``float32``, ``bfloat16`` = CPU autocast), optionally the attention kernel (default: the
 trainer's ``auto``, eager for the fast forwards on the CPU, the model's sdpa for plain),
-optionally LoRA dropout off for the run (``nodrop``: what dropout's random masks cost),
+optionally LoRA dropout off for the run (``nodrop``: what dropout's random masks cost) or
+its masks drawn by ``bernoulli_`` or the fast way (default: the trainer's ``auto``),
 optionally LoRA on the upper N layers only, and optionally each decoder layer compiled
 (``--compile``; its warm-up, three steps, compiles and is timed apart).  Models and data
 are built once per layout, LoRA shape and compilation; then short runs of
@@ -43,6 +45,7 @@ from vllm_exposst.defaults import DEFAULT_SLOT_LEN
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
 from vllm_exposst.training.config import FORWARDS, PRECISIONS
+from vllm_exposst.training.dropout import resolve_dropout_masks
 from vllm_exposst.training.forward import causal_lm
 from vllm_exposst.training.trainer import TrainConfig, make_trainer, prepare
 
@@ -56,32 +59,32 @@ class Variant:
     top_layers: int | None = None
     compile: bool = False
     attention: str = "auto"
-    dropout: bool = True
+    dropout: str = "auto"  # auto | nodrop | torchmask | fastmask
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
         parts = spec.split("/")
         if len(parts) < 2 or parts[0] not in FORWARDS or parts[1] not in PRECISIONS:
             raise argparse.ArgumentTypeError(
-                f"variant {spec!r}: expected forward/precision[/eager|sdpa][/nodrop][/topN]"
-                f"[/compile], "
+                f"variant {spec!r}: expected forward/precision[/eager|sdpa]"
+                f"[/nodrop|torchmask|fastmask][/topN][/compile], "
                 f"forward in {FORWARDS}, precision in {PRECISIONS}"
             )
-        top, compiled, attention, dropout = None, False, "auto", True
+        top, compiled, attention, dropout = None, False, "auto", "auto"
         for part in parts[2:]:
             later = top is not None or compiled
-            if part in ("eager", "sdpa") and attention == "auto" and dropout and not later:
+            if part in ("eager", "sdpa") and attention == dropout == "auto" and not later:
                 attention = part
-            elif part == "nodrop" and dropout and not later:
-                dropout = False
+            elif part in ("nodrop", "torchmask", "fastmask") and dropout == "auto" and not later:
+                dropout = part
             elif part == "compile" and not compiled:
                 compiled = True
             elif part.startswith("top") and part[3:].isdigit() and top is None and not compiled:
                 top = int(part[3:])
             else:
                 raise argparse.ArgumentTypeError(
-                    f"variant {spec!r}: after forward/precision come eager or sdpa, nodrop, topN, "
-                    "then compile"
+                    f"variant {spec!r}: after forward/precision come eager or sdpa, "
+                    "nodrop, torchmask or fastmask, topN, then compile"
                 )
         return cls(parts[0], parts[1], top, compiled, attention, dropout)
 
@@ -92,7 +95,7 @@ class Variant:
 
     def __str__(self) -> str:
         attention = "" if self.attention == "auto" else f"/{self.attention}"
-        attention += "" if self.dropout else "/nodrop"
+        attention += "" if self.dropout == "auto" else f"/{self.dropout}"
         top = f"/top{self.top_layers}" if self.top_layers else ""
         compiled = "/compile" if self.compile else ""
         return f"{self.forward}/{self.precision}{attention}{top}{compiled}"
@@ -189,9 +192,11 @@ def one_run(prepared, variant: Variant, steps: int | None = None) -> dict:
     config = prepared.config
     config.forward, config.precision = variant.forward, variant.precision
     config.attention = variant.attention
+    masks = {"torchmask": "torch", "fastmask": "fast"}
+    config.dropout_masks = masks.get(variant.dropout, "auto")
     planned, config.max_steps = config.max_steps, steps or config.max_steps
     trainer, meter = make_trainer(prepared)
-    kept = lora_dropout(prepared.model, None if variant.dropout else 0.0)
+    kept = lora_dropout(prepared.model, 0.0 if variant.dropout == "nodrop" else None)
     trainer.train()
     lora_dropout(prepared.model, kept)
     config.max_steps = planned
@@ -201,6 +206,7 @@ def one_run(prepared, variant: Variant, steps: int | None = None) -> dict:
         "forward": trainer.forward,
         "bf16": trainer.cpu_bf16,
         "attention": causal_lm(prepared.model).config._attn_implementation,
+        "dropout_masks": resolve_dropout_masks(config.dropout_masks, "cpu", config.forward),
         "steps": trainer.state.global_step,
         "pairs": meter.pairs,
         "target_tokens": meter.target_tokens,

@@ -16,7 +16,7 @@ import torch
 
 from .. import models
 from ..defaults import TRAIN_MODES
-from .config import ATTENTIONS, FORWARDS, PRECISIONS, TrainConfig
+from .config import ATTENTIONS, DROPOUT_MASKS, FORWARDS, PRECISIONS, TrainConfig
 from .data import TrainingInputError
 from .record import SAVE_DTYPES
 
@@ -44,6 +44,10 @@ def check_options(config: TrainConfig) -> None:
     if config.attention not in ATTENTIONS:
         raise TrainingInputError(
             f"unknown attention {config.attention!r}; expected one of {ATTENTIONS}"
+        )
+    if config.dropout_masks not in DROPOUT_MASKS:
+        raise TrainingInputError(
+            f"unknown dropout masks {config.dropout_masks!r}; expected one of {DROPOUT_MASKS}"
         )
     if config.lora_top_layers is not None and (
         not isinstance(config.lora_top_layers, int) or config.lora_top_layers < 1

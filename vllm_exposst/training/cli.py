@@ -16,7 +16,7 @@ import sys
 from .. import models
 from ..defaults import DEFAULT_REFEED, DEFAULT_SLOT_LEN, TRAIN_MODES
 from .checks import SCHEDULES
-from .config import ATTENTIONS, DEFAULT_TARGETS, FORWARDS, PRECISIONS, TrainConfig
+from .config import ATTENTIONS, DEFAULT_TARGETS, DROPOUT_MASKS, FORWARDS, PRECISIONS, TrainConfig
 from .data import TrainingInputError
 
 PROG = "exposst-train"
@@ -128,6 +128,14 @@ def parser() -> argparse.ArgumentParser:
         "--plain-forward (default: %(default)s)",
     )
     opt.add_argument(
+        "--dropout-masks",
+        choices=DROPOUT_MASKS,
+        default="auto",
+        help="how LoRA dropout draws its masks: torch (bernoulli_), fast (the same "
+        "distribution from 64-bit random words, half the time), or auto: fast on the CPU, "
+        "torch on CUDA and for --plain-forward (default: %(default)s)",
+    )
+    opt.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile each decoder layer (measured 1-3%% faster on a 2-core CPU, after up "
@@ -230,6 +238,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         precision=args.precision,
         forward=args.forward,
         attention=args.attention,
+        dropout_masks=args.dropout_masks,
         lora_top_layers=args.lora_top_layers,
         compile=args.compile,
         max_minutes=args.max_minutes,

@@ -21,6 +21,7 @@ from .dev_eval import DevEvaluator
 PRECISIONS = ("auto", "float32", "bfloat16")
 FORWARDS = ("fast", "label-head", "plain")
 ATTENTIONS = ("auto", "eager", "sdpa")
+DROPOUT_MASKS = ("auto", "fast", "torch")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     precision: str = "auto"  # bfloat16 on CPUs with native bf16, else float32 (forward.py)
     forward: str = "fast"  # fast | label-head | plain (training.forward; plain = model(**batch))
     attention: str = "auto"  # eager on the CPU for fast/label-head, else sdpa (training.forward)
+    dropout_masks: str = "auto"  # fast masks on the CPU for fast/label-head (training.dropout)
     lora_top_layers: int | None = None  # LoRA only on the upper N layers (backward stops there)
     compile: bool = False  # torch.compile each decoder layer (training.forward)
     max_minutes: float | None = None  # stop (and save) after this much training time

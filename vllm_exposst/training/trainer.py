@@ -48,6 +48,7 @@ from .data import (
     training_policies,
 )
 from .dev_eval import DevEvaluator
+from .dropout import resolve_dropout_masks, set_dropout_masks
 from .examples import IGNORE_INDEX
 from .forward import (
     compile_decoder_layers,
@@ -258,6 +259,11 @@ def attention(config: TrainConfig) -> str:
     return resolve_attention(config.attention, device(), config.forward)
 
 
+def dropout_masks(config: TrainConfig) -> str:
+    """How this run draws LoRA dropout masks (``auto`` resolved)."""
+    return resolve_dropout_masks(config.dropout_masks, device(), config.forward)
+
+
 def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
     out = Path(config.output_dir).expanduser() / CHECKPOINTS
     evaluate = has_dev and config.eval_every > 0
@@ -295,6 +301,7 @@ def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
     """The ``Trainer`` for a prepared run, and the meter that times its steps."""
     config = prepared.config
     set_attention(prepared.model, attention(config))
+    set_dropout_masks(prepared.model, dropout_masks(config))
     if config.compile:
         compile_decoder_layers(prepared.model)
     meter = ThroughputMeter()
@@ -351,6 +358,7 @@ def train(config: TrainConfig) -> TrainResult:
     meta["training"]["forward"] = trainer.forward  # what ran ("plain" where unsupported)
     meta["training"]["precision"] = precision(config)
     meta["training"]["attention"] = attention(config)
+    meta["training"]["dropout_masks"] = dropout_masks(config)
     meta["training"]["device"] = device()
     meta["training"]["threads"] = torch.get_num_threads()
     meta["training"]["compile"] = config.compile
