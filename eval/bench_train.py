@@ -45,7 +45,7 @@ from vllm_exposst.defaults import DEFAULT_SLOT_LEN
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
 from vllm_exposst.training.config import FORWARDS, PRECISIONS
-from vllm_exposst.training.dropout import resolve_dropout_masks
+from vllm_exposst.training.dropout import lora_dropouts, resolve_dropout_masks
 from vllm_exposst.training.forward import causal_lm
 from vllm_exposst.training.trainer import TrainConfig, make_trainer, prepare
 
@@ -176,14 +176,13 @@ def resident_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def lora_dropout(model, p: float | None) -> float | None:
+def set_lora_dropout(model, p: float | None) -> float | None:
     """Set the LoRA dropout probability of every adapted layer (None: leave it); the old one."""
     old = None
-    for name, module in model.named_modules():
-        if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout):
-            old = module.p
-            if p is not None:
-                module.p = p
+    for module in lora_dropouts(model):
+        old = module.p
+        if p is not None:
+            module.p = p
     return old
 
 
@@ -196,9 +195,10 @@ def one_run(prepared, variant: Variant, steps: int | None = None) -> dict:
     config.dropout_masks = masks.get(variant.dropout, "auto")
     planned, config.max_steps = config.max_steps, steps or config.max_steps
     trainer, meter = make_trainer(prepared)
-    kept = lora_dropout(prepared.model, 0.0 if variant.dropout == "nodrop" else None)
+    kept = set_lora_dropout(prepared.model, 0.0 if variant.dropout == "nodrop" else None)
+    used = set_lora_dropout(prepared.model, None)
     trainer.train()
-    lora_dropout(prepared.model, kept)
+    set_lora_dropout(prepared.model, kept)
     config.max_steps = planned
     return {
         "layout": prepared.config.layout,
@@ -207,6 +207,7 @@ def one_run(prepared, variant: Variant, steps: int | None = None) -> dict:
         "bf16": trainer.cpu_bf16,
         "attention": causal_lm(prepared.model).config._attn_implementation,
         "dropout_masks": resolve_dropout_masks(config.dropout_masks, "cpu", config.forward),
+        "lora_dropout": used,
         "steps": trainer.state.global_step,
         "pairs": meter.pairs,
         "target_tokens": meter.target_tokens,

@@ -41,19 +41,26 @@ class FastDropout(torch.nn.Dropout):
         return x * (keep.to(x.dtype) * scale)
 
 
+def lora_dropouts(model: Any) -> list[torch.nn.Dropout]:
+    """PEFT's dropout modules in front of the LoRA layers (none where ``p`` is 0: PEFT
+    puts an ``nn.Identity`` there)."""
+    return [
+        module
+        for name, module in model.named_modules()
+        if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout)
+    ]
+
+
 def set_dropout_masks(model: Any, kind: str) -> int:
     """Make every LoRA dropout of ``model`` draw ``fast`` or ``torch`` masks; how many.
 
     Swaps the class of PEFT's ``lora_dropout`` modules in place (their ``p`` and
     training flag stay), so a model can go back and forth between runs.
     """
-    wanted = FastDropout if kind == "fast" else torch.nn.Dropout
-    count = 0
-    for name, module in model.named_modules():
-        if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout):
-            module.__class__ = wanted
-            count += 1
-    return count
+    modules = lora_dropouts(model)
+    for module in modules:
+        module.__class__ = FastDropout if kind == "fast" else torch.nn.Dropout
+    return len(modules)
 
 
 def resolve_dropout_masks(requested: str, device_type: str, forward: str) -> str:
