@@ -49,7 +49,7 @@ def resolve_precision(requested: str, device_type: str) -> str:
 def resolve_attention(requested: str, device_type: str, forward: str) -> str:
     """What ``auto`` trains with: eager attention for the fast forwards on the CPU, else sdpa.
 
-    On this CPU, PyTorch's SDPA backward (the flash kernel for the CPU) took a fifth of a
+    On this CPU, PyTorch's SDPA kernel (its backward most) took a seventh of a
     fast bf16 step on batches of about 24 x 90; the eager products and softmax cost a
     tenth of that (docs/training.md).  The plain forward keeps the model's own default,
     as before; CUDA keeps sdpa.
