@@ -55,7 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="adapter-all-modules: LoRA wrappers on every module vLLM can (its default)",
     )
     parser.add_argument("--adapter", type=Path, default=ADAPTER)
-    parser.add_argument("--merged", type=Path, default=None, help="default: merge into cache")
+    parser.add_argument(
+        "--merged",
+        type=Path,
+        default=None,
+        help="default: merged into the cache (again whenever the adapter's weights change)",
+    )
     parser.add_argument(
         "--first",
         nargs="*",
@@ -239,15 +244,15 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from vllm_exposst.evaluation.runtime import quiet_optional_imports
-    from vllm_exposst.merge import merge_adapter
+    from vllm_exposst.merge import cached_merge
 
     quiet_optional_imports()
     args = parse_args(argv)
     lines = [s.strip() for s in args.source.read_text().splitlines() if s.strip()]
     base = models.default_model()
-    merged = args.merged or models.cache_root() / "merged" / args.adapter.name
-    if "merged" in args.variants and not (merged / "config.json").exists():
-        merge_adapter(args.adapter, merged, str(base))
+    merged = args.merged
+    if merged is None and "merged" in args.variants:  # merged again if the adapter changed
+        merged = cached_merge(args.adapter, str(base))
     plan = {"base": (base, None), "adapter": (base, args.adapter), "merged": (merged, None)}
     plan["adapter-all-modules"] = plan["adapter"]  # LoRA wrappers on every module vLLM can
     runs = [(d, v) for d in args.dtypes for v in args.variants]

@@ -44,11 +44,29 @@ def merge_adapter(adapter: str | Path, out: str | Path, model: str = "default") 
     meta: dict[str, Any] = read_adapter_meta(adapter)
     meta["merged"] = {
         "adapter": str(adapter.resolve()),
+        "adapter_fingerprint": models.weights_fingerprint(adapter),
         "base_model_path": str(base_path),
         "weights_fingerprint": models.weights_fingerprint(base_path),
     }
     write_adapter_meta(out, meta)
     return out
+
+
+def cached_merge(adapter: str | Path, model: str = "default") -> Path:
+    """``adapter`` merged into ``model``, kept in the cache and merged again whenever the
+    adapter's or the base's weights differ from the copy's (an adapter retrained in place
+    must not be compared with its old self)."""
+    adapter = Path(adapter)
+    base_path = models.resolve_model(model)
+    out = models.cache_root() / "merged" / adapter.resolve().name
+    wanted = (models.weights_fingerprint(adapter), models.weights_fingerprint(base_path))
+    if (out / "config.json").is_file() and (out / FILENAME).is_file():
+        made = read_adapter_meta(out).get("merged") or {}
+        if (made.get("adapter_fingerprint"), made.get("weights_fingerprint")) == wanted:
+            return out
+    if out.exists():
+        shutil.rmtree(out)
+    return merge_adapter(adapter, out, str(base_path))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

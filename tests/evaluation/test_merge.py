@@ -114,3 +114,32 @@ def test_merged_model_in_vllm_equals_base_plus_lora_and_takes_its_settings(merge
 
 async def _stop(engine) -> None:
     engine.shutdown()
+
+
+def test_the_cached_merge_follows_the_adapter_when_it_is_retrained_in_place(
+    model_cache, tmp_path, monkeypatch
+):
+    """eval/profile_live.py's merged variant: the same adapter folder with new weights is
+    merged again; unchanged weights reuse the copy.  The merged weights are compared
+    with a fresh ``merge_adapter`` of the retrained adapter."""
+    from safetensors.torch import load_file
+
+    from vllm_exposst.merge import cached_merge
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    base = models.tiny_model("llama", model_cache)
+    adapter = make_random_adapter(base, tmp_path / "mt", seed=1)
+    write_adapter_meta(adapter, META)
+    first = cached_merge(adapter, str(base))
+    assert first.parent == tmp_path / "cache" / "merged"
+    old = load_file(str(first / "model.safetensors"))
+    made = (first / "model.safetensors").stat().st_mtime_ns
+    assert cached_merge(adapter, str(base)) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == made  # reused, not merged again
+
+    make_random_adapter(base, adapter, seed=2)  # retrained in place: other weights
+    again = load_file(str(cached_merge(adapter, str(base)) / "model.safetensors"))
+    fresh_folder = merge_adapter(adapter, tmp_path / "fresh", str(base))
+    fresh = load_file(str(fresh_folder / "model.safetensors"))
+    assert again.keys() == fresh.keys() and all(again[k].equal(fresh[k]) for k in fresh)
+    assert any(not again[k].equal(old[k]) for k in old)  # the stale copy is gone
