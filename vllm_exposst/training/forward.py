@@ -51,7 +51,7 @@ def resolve_attention(requested: str, device_type: str, forward: str) -> str:
 
     On this CPU, PyTorch's SDPA kernel (its backward most) took a seventh of a
     fast bf16 step on batches of about 24 x 90; the eager products and softmax cost a
-    tenth of that (docs/training.md).  The plain forward keeps the model's own default,
+    fifth of that (docs/training.md).  The plain forward keeps the model's own default,
     as before; CUDA keeps sdpa.
     """
     if requested != "auto":
