@@ -45,9 +45,9 @@ from vllm_exposst.defaults import DEFAULT_SLOT_LEN
 from vllm_exposst.evaluation.record import write_record
 from vllm_exposst.models import ENGLISH_WORDS, GERMAN_WORDS
 from vllm_exposst.training.config import FORWARDS, PRECISIONS
-from vllm_exposst.training.dropout import lora_dropouts, resolve_dropout_masks
+from vllm_exposst.training.dropout import lora_dropouts
 from vllm_exposst.training.forward import causal_lm
-from vllm_exposst.training.trainer import TrainConfig, make_trainer, prepare
+from vllm_exposst.training.trainer import TrainConfig, dropout_masks, make_trainer, prepare
 
 DEFAULT_VARIANTS = ["plain/float32", "label-head/float32", "fast/float32", "fast/bfloat16"]
 
@@ -206,7 +206,7 @@ def one_run(prepared, variant: Variant, steps: int | None = None) -> dict:
         "forward": trainer.forward,
         "bf16": trainer.cpu_bf16,
         "attention": causal_lm(prepared.model).config._attn_implementation,
-        "dropout_masks": resolve_dropout_masks(config.dropout_masks, "cpu", config.forward),
+        "dropout_masks": dropout_masks(config),  # as the trainer resolved it
         "lora_dropout": used,
         "steps": trainer.state.global_step,
         "pairs": meter.pairs,
