@@ -293,3 +293,30 @@ def test_fused_weights_belong_to_their_tensors_not_their_addresses(monkeypatch):
     ours = start.clone()
     wrapper.add_lora_linear(ours, x, views_a, views_b, 1.0, sizes)
     torch.testing.assert_close(ours, linear_reference(x, views_a, views_b, indices, 1.0, start))
+
+
+@pytest.mark.parametrize("prefill", [False, True], ids=["decode", "prefill"])
+def test_fused_lora_linear_follows_a_new_mapping(prefill, monkeypatch):
+    """The groups read once per metadata update (patch/lora_linear_cpu.step_groups) are
+    read again when the runner maps the next batch onto the same wrapper: same token
+    count, other adapters, then fewer tokens."""
+    from vllm.lora.layers import LoRAMapping
+
+    plugin.register()
+    generator = torch.Generator().manual_seed(10)
+    sizes = SLICES["gate_up"]
+    lora_a = tuple(torch.randn(SLOTS, 1, RANK, HIDDEN, generator=generator) for _ in sizes)
+    lora_b = tuple(torch.randn(SLOTS, 1, s, RANK, generator=generator) for s in sizes)
+    wrapper = cpu_wrapper(torch.tensor([0] * 6), prefill)
+    monkeypatch.setattr(lora_cpu, "_active", True)
+    for slots in ([0] * 6, [2, 2, -1, 1, 0, 0], [1] * 6, [-1, 1, 1]):
+        indices = torch.tensor(slots)
+        ids = tuple(slot + 1 for slot in slots)
+        mapping = LoRAMapping(ids, ids, is_prefill=prefill)
+        wrapper.update_metadata(mapping, list(range(1, SLOTS + 1)), SLOTS, vocab_size=100)
+        x = torch.randn(len(slots), HIDDEN, generator=generator)
+        start = torch.randn(len(slots), sum(sizes), generator=generator)
+        ours = start.clone()
+        wrapper.add_lora_linear(ours, x, lora_a, lora_b, 1.0, sizes)
+        expected = linear_reference(x, lora_a, lora_b, indices, 1.0, start)
+        torch.testing.assert_close(ours, expected, msg=f"mapping {slots}")

@@ -59,14 +59,32 @@ def fused_weights(
     return found
 
 
+# this step's groups live on the wrapper, with the version of its token-index buffer
+# when they were read (vLLM rewrites the buffer in place when the batch's mapping changes)
+GROUPS = "_exposst_groups"
+
+
 def step_groups(wrapper: Any) -> lora_cpu.Groups:
-    """This step's (adapter slot, rows) groups, from the wrapper's metadata."""
+    """This step's (adapter slot, rows) groups, from the wrapper's metadata.
+
+    Read once per metadata update, not once per projection: ``update_metadata`` writes
+    the wrapper's token-index buffer in place (its version counter moves) whenever the
+    batch's mapping changes, and every projection of every layer in between asks for
+    the same groups."""
+    key = (wrapper._token_lora_indices._version, wrapper.is_prefill)
+    cached = wrapper.__dict__.get(GROUPS)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     if wrapper.is_prefill:
         if wrapper.no_lora:
-            return []
-        starts, lengths, adapters = wrapper.prefill_metadata[:3]
-        return lora_cpu._segment_groups(starts, lengths, adapters)
-    return lora_cpu._token_groups(wrapper.token_lora_indices)
+            groups: lora_cpu.Groups = []
+        else:
+            starts, lengths, adapters = wrapper.prefill_metadata[:3]
+            groups = lora_cpu._segment_groups(starts, lengths, adapters)
+    else:
+        groups = lora_cpu._token_groups(wrapper.token_lora_indices)
+    wrapper.__dict__[GROUPS] = (key, groups)
+    return groups
 
 
 def add_lora_linear_fused(
@@ -81,20 +99,31 @@ def add_lora_linear_fused(
     """``y[:, :sum(slices)] += scale * x @ A.T @ B.T`` per row's adapter, slices fused.
 
     As vLLM's CPU path: the shrink in float32 (its default buffer), the expand in
-    ``y``'s dtype; rows without an adapter are left alone."""
+    ``y``'s dtype; rows without an adapter are left alone.  A step with one adapter
+    for every row (the common case) is two products and nothing else."""
     groups = step_groups(wrapper)
     if not groups:
         return
-    x = x.view(-1, x.shape[-1])
-    out = y.view(-1, y.shape[-1])[:, : sum(output_slices)]
+    if x.dim() != 2:
+        x = x.view(-1, x.shape[-1])
+    out = y if y.dim() == 2 else y.view(-1, y.shape[-1])
+    width = sum(output_slices)
+    if out.shape[1] != width:
+        out = out[:, :width]
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
     for slot, rows in groups:
         a, b = fused_weights(lora_a, lora_b, slot, out.dtype)
         if lora_cpu._whole(rows, x.shape[0]):
-            shrunk = torch.mm(x.to(torch.float32), a).mul_(scale)
+            shrunk = torch.mm(x, a)
+            if scale != 1.0:
+                shrunk.mul_(scale)
             lora_cpu._addmm(out, shrunk.to(out.dtype), b, True, 1.0)
             continue
         inputs = x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
-        shrunk = torch.mm(inputs.to(torch.float32), a).mul_(scale)
+        shrunk = torch.mm(inputs, a)
+        if scale != 1.0:
+            shrunk.mul_(scale)
         product = torch.mm(shrunk.to(out.dtype), b)
         if isinstance(rows, slice):
             out[rows] += product
