@@ -71,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("docs/bench/profile_live.json"))
     parser.add_argument("--note", default="", help="what else ran on the machine, etc.")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every engine this many times, alternating (ABAB...); the summary is "
+        "each variant's step over the merged (or base) step of the same round, median "
+        "over rounds: on a shared machine one pair of runs can differ by 20%%",
+    )
+    parser.add_argument(
         "--modes",
         nargs="+",
         default=["eager"],
@@ -214,6 +222,7 @@ def reference_agreement(row: dict, model_path: Path, adapter: Path | None, sente
 
 COLUMNS = (
     ("variant", "variant", "{}"),
+    ("round", "round", "{}"),
     ("mode", "mode", "{}"),
     ("block", "block_size", "{}"),
     ("start s", "engine_start_seconds", "{:.0f}"),
@@ -230,6 +239,47 @@ COLUMNS = (
     ("ref tokens", "reference_same_tokens", "{}"),
     ("max dlogp", "reference_max_logprob_diff", "{:.2g}"),
 )
+
+
+def step_ratios(rows: list[dict]) -> list[dict]:
+    """Each engine's decode step over the merged (else base) engine's of the same dtype,
+    mode, block size and round; with the median over the rounds that have both."""
+
+    def key(row: dict) -> tuple:
+        return row["dtype"], row["mode"], row.get("block_size"), row.get("round", 0)
+
+    baseline = {}
+    for name in ("base", "merged"):  # merged wins where both ran
+        baseline |= {key(r): r for r in rows if r["variant"] == name}
+    ratios: dict[tuple, list[float]] = {}
+    for row in rows:
+        against = baseline.get(key(row))
+        if against is None or against is row:
+            continue
+        group = (row["variant"], against["variant"], *key(row)[:3])
+        step = row["decode_step_median_ms"] / against["decode_step_median_ms"]
+        ratios.setdefault(group, []).append(step)
+    return [
+        {
+            "variant": variant,
+            "against": against,
+            "dtype": dtype,
+            "mode": mode,
+            "block_size": block,
+            "per_round": values,
+            "median": statistics.median(values),
+        }
+        for (variant, against, dtype, mode, block), values in ratios.items()
+    ]
+
+
+def ratio_lines(summary: list[dict]) -> list[str]:
+    return [
+        f"{s['variant']} / {s['against']} step ({s['dtype']}, {s['mode']}): "
+        f"median {s['median']:.3f} over {len(s['per_round'])} rounds "
+        f"({', '.join(f'{v:.3f}' for v in s['per_round'])})"
+        for s in summary
+    ]
 
 
 def table(rows: list[dict]) -> str:
@@ -259,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = [r for r in runs if r in args.first] + [r for r in runs if r not in args.first]
     runs = [(d, v, m, b) for d, v in runs for m in args.modes for b in args.block_sizes]
     rows = []
-    for dtype, variant, mode, block in runs:  # the record is rewritten after each: a cut run counts
+    rounds = [(r, *run) for r in range(args.rounds) for run in runs]
+    for turn, dtype, variant, mode, block in rounds:  # the record is rewritten after each
         model, adapter = plan[variant]
         compiled = mode == "compiled"
         every = {"lora_target_modules": None} if variant == "adapter-all-modules" else {}
@@ -267,11 +318,14 @@ def main(argv: list[str] | None = None) -> int:
         row = asyncio.run(profile(str(model), adapter, dtype, args, lines, compiled, **every))
         gc.collect()
         reference_agreement(row, model, adapter, lines)
-        rows.append({"variant": variant, "mode": mode, **row})
+        rows.append({"variant": variant, "mode": mode, "round": turn, **row})
         print(table(rows[-1:]).splitlines()[-1], flush=True)
+        summary = step_ratios(rows)
         write_record(
             args.out,
             rows,
+            step_ratios=summary,
+            rounds=args.rounds,
             benchmark="profile_live",
             speakers=args.speakers,
             rate=args.rate,
@@ -282,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             note=args.note,
         )
     print(table(rows))
+    for line in ratio_lines(summary):
+        print(line)
     print(f"record: {args.out}")
     return 0
 
