@@ -17,7 +17,11 @@ CPU time per category:
 
 The scheduler runs in the engine-core process, outside the worker's trace: its
 seconds in ``schedule()`` and ``update_from_output()`` come from the scheduler's own
-counters over the same round.  Prints a table and writes a JSON record.
+counters over the same round.  Beside the average over all steps, the record gives the
+average decode-only step (steps with no prompt tokens): the round's first step prefills
+every session at once and costs 20-40 steps' time, more in the engine that meets that
+batch size first, so engines are compared on their decode steps.  Prints a table and
+writes a JSON record.
 
     .venv/bin/python eval/profile_step.py --source ../shared/data/multi30k/test_2016_flickr.en \\
         --sessions 32 --adapter adapters/exposst-smollm2 --out docs/bench/profile_step_32.json
@@ -30,11 +34,13 @@ import asyncio
 import gzip
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 CATEGORIES = (
     "matmul",
@@ -81,16 +87,34 @@ def category(name: str, inside: str | None) -> str:
     return "other ops"
 
 
-def split_trace(path: Path) -> tuple[Counter, int, float]:
+# vLLM names each step's range execute_context_<requests>(<prompt tokens>)_generation_...
+STEP_NAME = re.compile(r"execute_context_\d+\((\d+)\)")
+
+
+class TraceSplit(NamedTuple):
+    exclusive: Counter  # microseconds per category
+    steps: int
+    total: float  # microseconds in the top-level execute_context ranges
+    decode_steps: int  # steps that computed no prompt tokens (only decoding)
+    decode_total: float
+
+    def decode_ms_per_step(self) -> float | None:
+        """The decode step without prefill: comparable between engines, free of the
+        one large first prefill (oneDNN builds its kernels for each new batch size)."""
+        return self.decode_total / 1000 / self.decode_steps if self.decode_steps else None
+
+
+def split_trace(path: Path) -> TraceSplit:
     """Exclusive microseconds per category, the number of steps, and the steps' total
-    (sum of the top-level ``execute_context`` ranges), from a worker's chrome trace."""
+    (sum of the top-level ``execute_context`` ranges), all steps and decode-only steps,
+    from a worker's chrome trace."""
     with gzip.open(path) as trace:
         events = json.load(trace)["traceEvents"]
     spans = [
         e for e in events if e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation")
     ]
     exclusive: Counter = Counter()
-    steps, total = 0, 0.0
+    steps, total, decode_steps, decode_total = 0, 0.0, 0, 0.0
     by_thread: dict = {}
     for event in spans:
         by_thread.setdefault(event["tid"], []).append(event)
@@ -112,11 +136,15 @@ def split_trace(path: Path) -> tuple[Counter, int, float]:
             if name.startswith("execute_context") and not stack:
                 steps += 1
                 total += event["dur"]
+                prompt = STEP_NAME.match(name)
+                if prompt is not None and int(prompt.group(1)) == 0:
+                    decode_steps += 1
+                    decode_total += event["dur"]
             inside = stack[-1][2] if stack else None
             if name.startswith("exposst::"):
                 inside = inside or name
             stack.append((event, 0.0, inside))
-    return exclusive, steps, total
+    return TraceSplit(exclusive, steps, total, decode_steps, decode_total)
 
 
 async def profile(args: argparse.Namespace, trace_dir: Path) -> dict:
@@ -176,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if not traces:
         print(f"no worker trace in {trace_dir}", file=sys.stderr)
         return 1
-    exclusive, steps, total = split_trace(traces[-1])
+    split = split_trace(traces[-1])
+    exclusive, steps, total = split.exclusive, split.steps, split.total
     exclusive["scheduler"] = 1e6 * sum(measured["scheduler_seconds"].values())
     whole = sum(exclusive.values())
     rows = [
@@ -188,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in CATEGORIES
     ]
     print(f"{steps} steps profiled, {total / 1000 / max(steps, 1):.1f} ms per step in the worker")
+    decode = split.decode_ms_per_step()
+    if decode is not None:
+        print(f"{split.decode_steps} of them decode only (no prompt tokens): {decode:.1f} ms each")
     print(f"{'category':<12} {'ms/step':>8} {'share':>7}")
     for row in rows:
         print(f"{row['category']:<12} {row['ms_per_step']:>8.2f} {row['share']:>7.1%}")
@@ -200,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         policy=args.policy,
         steps=steps,
         worker_ms_per_step=total / 1000 / max(steps, 1),
+        decode_steps=split.decode_steps,
+        decode_ms_per_step=decode,
         **measured,
         trace=str(traces[-1]),
     )

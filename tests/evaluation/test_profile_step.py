@@ -37,8 +37,12 @@ def test_exclusive_times_per_category(tmp_path):
     path = tmp_path / "rank0.1.pt.trace.json.gz"
     with gzip.open(path, "wt") as out:
         json.dump({"traceEvents": events}, out)
-    exclusive, steps, total = load_script().split_trace(path)
+    split = load_script().split_trace(path)
+    exclusive, steps, total = split.exclusive, split.steps, split.total
     assert steps == 2 and total == 150
+    # the first step computed no prompt tokens, the second one (1 token of prefill)
+    assert (split.decode_steps, split.decode_total) == (1, 100)
+    assert split.decode_ms_per_step() == 0.1
     assert exclusive == {
         "runner": 100 - 6 - 40 - 20 - 12 - 3 - 2 + 50 - 45,
         "positions": 6,

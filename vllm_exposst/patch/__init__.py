@@ -83,6 +83,32 @@ LEDGER: tuple[Patch, ...] = (
         module="lora_linear_cpu",
     ),
     Patch(
+        target="vllm.platforms.cpu.CpuPlatform.check_and_update_config",
+        why="it turns torch.compile off whenever LoRA is enabled (its one-trace, no-guard "
+        "compilation would freeze the CPU LoRA ops' Python reading of the batch's "
+        "adapters), so a LoRA engine ran eager beside a compiled merged one; for ExPosST "
+        "engines the fused projection runs as one opaque custom op "
+        "(exposst::lora_linear_cpu, in lora_linear_cpu.py) that reads the adapters at run "
+        "time, and the compilation the engine was configured with is kept "
+        "(--enforce-eager still means eager)",
+        breaks_if="the CPU platform stops compiling with DYNAMO_TRACE_ONCE, vLLM's LoRA "
+        "layers start reading batch metadata in Python outside add_lora_linear, or the "
+        "punica wrapper's token-index buffer (_token_lora_indices) is renamed or stops being "
+        "rewritten in place per batch (then tests/engine/test_lora_compiled.py fails)",
+        module="lora_compile_cpu",
+    ),
+    Patch(
+        target="vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU."
+        "add_{shrink,expand,lora_embedding,lora_logits}",
+        why="the guard of the entry above: these read the batch's adapters in Python, so "
+        "traced once they would freeze one batch's adapters into the graph; under "
+        "torch.compile they raise with what to do instead (eager: unchanged)",
+        breaks_if="vLLM adds another entry point to the CPU punica wrapper (it would be "
+        "traced unguarded: tests/engine/test_lora_compiled.py compares the compiled engine "
+        "with PEFT)",
+        module="lora_compile_cpu",
+    ),
+    Patch(
         target="vllm.distributed.device_communicators.shm_broadcast.SpinCondition.{__init__,wait}",
         why="a reader of the engine core's shared-memory queues (the worker waiting for a "
         "schedule, the core waiting for the worker's output) spins on sched_yield() for "
@@ -185,9 +211,15 @@ LEDGER: tuple[Patch, ...] = (
 )
 
 
+def _function(obj: Any) -> Any:
+    """The function inside a property, classmethod or staticmethod (else ``obj``)."""
+    if isinstance(obj, property):
+        return obj.fget
+    return obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj
+
+
 def _is_ours(obj: Any) -> bool:
-    function = obj.fget if isinstance(obj, property) else obj
-    return getattr(function, MARK, None) is not None
+    return getattr(_function(obj), MARK, None) is not None
 
 
 def replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
@@ -201,8 +233,7 @@ def replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
     if original is not None and _is_ours(original):
         return
     new = make(original)
-    function = new.fget if isinstance(new, property) else new
-    setattr(function, MARK, original if original is not None else True)
+    setattr(_function(new), MARK, original if original is not None else True)
     setattr(owner, name, new)
 
 
@@ -212,6 +243,7 @@ def apply_all() -> None:
         api_server,
         engine_args,
         engine_core,
+        lora_compile_cpu,
         lora_cpu,
         lora_linear_cpu,
         shm_readers,
@@ -222,6 +254,7 @@ def apply_all() -> None:
     worker.apply()
     lora_cpu.apply()
     lora_linear_cpu.apply()
+    lora_compile_cpu.apply()
     engine_core.apply()
     api_server.apply()
     engine_args.apply()

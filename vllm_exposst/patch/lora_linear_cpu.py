@@ -103,7 +103,19 @@ def add_lora_linear_fused(
     As vLLM's CPU path: the shrink in float32 (its default buffer), the expand in
     ``y``'s dtype; rows without an adapter are left alone.  A step with one adapter
     for every row (the common case) is two products and nothing else."""
-    groups = step_groups(wrapper)
+    fused_projection(step_groups(wrapper), y, x, lora_a, lora_b, scale, output_slices)
+
+
+def fused_projection(
+    groups: lora_cpu.Groups,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: tuple[torch.Tensor, ...],
+    lora_b: tuple[torch.Tensor, ...],
+    scale: float,
+    output_slices: tuple[int, ...],
+) -> None:
+    """The products of :func:`add_lora_linear_fused` for the given (slot, rows) groups."""
     if not groups:
         return
     if x.dim() != 2:
@@ -133,20 +145,95 @@ def add_lora_linear_fused(
             out.index_add_(0, rows, product)
 
 
-def _takes(lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...], buffer: Any) -> bool:
-    """Whether the fused path runs: grouped ops active, no caller buffer, and each
-    slice's B as wide as its output slice (else vLLM's own slice-by-slice path)."""
-    if not (lora_cpu._active and fuse_slices) or buffer is not None:
-        return False
+# Under torch.compile (patch/lora_compile_cpu.py) Dynamo traces a model once and keeps no
+# guards, so nothing that reads the batch's adapters in Python may be traced: the fused
+# projection runs as one opaque op, its groups read from the token-index buffer itself.
+TOKEN_GROUPS = "_exposst_token_groups"
+
+
+def token_groups(indices: torch.Tensor, tokens: int) -> lora_cpu.Groups:
+    """The groups of the first ``tokens`` entries of vLLM's token-index buffer, read
+    again only when the buffer is rewritten (its version counter) or the count changes."""
+    key = (indices._version, tokens)
+    cached = getattr(indices, TOKEN_GROUPS, None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    groups = lora_cpu._token_groups(indices[:tokens])
+    setattr(indices, TOKEN_GROUPS, (key, groups))
+    return groups
+
+
+def lora_linear_op(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: list[torch.Tensor],
+    lora_b: list[torch.Tensor],
+    token_indices: torch.Tensor,
+    scale: float,
+    output_slices: list[int],
+) -> None:
+    """:func:`add_lora_linear_fused` as a compiled graph calls it (``exposst::lora_linear_cpu``)."""
+    rows = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
+    groups = token_groups(token_indices, rows)
+    fused_projection(groups, y, x, tuple(lora_a), tuple(lora_b), scale, tuple(output_slices))
+
+
+def lora_linear_fake(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: list[torch.Tensor],
+    lora_b: list[torch.Tensor],
+    token_indices: torch.Tensor,
+    scale: float,
+    output_slices: list[int],
+) -> None:
+    return None
+
+
+_library: Any = None  # the op lives as long as its library object
+
+
+def register_op() -> None:
+    """Register ``torch.ops.exposst.lora_linear_cpu`` once per process, the way vLLM
+    registers its own ops (``direct_register_custom_op``: far less per-call overhead
+    than ``torch.library.custom_op``)."""
+    global _library
+    if _library is not None:
+        return
+    from torch.library import Library
+    from vllm.utils.torch_utils import direct_register_custom_op
+
+    _library = Library("exposst", "FRAGMENT")
+    direct_register_custom_op(
+        "lora_linear_cpu",
+        lora_linear_op,
+        mutates_args=["y"],
+        fake_impl=lora_linear_fake,
+        target_lib=_library,
+        dispatch_key="CPU",
+    )
+
+
+def _slices_fit(lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...]) -> bool:
+    """Each slice's B as wide as its output slice (the stacked layout's assumption)."""
     return len(lora_b) == len(output_slices) and all(
         weights.shape[-2] == size for weights, size in zip(lora_b, output_slices)
     )
+
+
+def _takes(lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...], buffer: Any) -> bool:
+    """Whether the fused path runs: grouped ops active, no caller buffer, and the slices
+    fit (else vLLM's own slice-by-slice path)."""
+    if not (lora_cpu._active and fuse_slices) or buffer is not None:
+        return False
+    return _slices_fit(lora_b, output_slices)
 
 
 def apply() -> None:
     """Route ``PunicaWrapperCPU.add_lora_linear`` through the fused path (when active)."""
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+    register_op()
     replace(PunicaWrapperCPU, "add_lora_linear", _switched)
 
 
@@ -155,6 +242,22 @@ def _switched(original: Any) -> Any:
         self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs
     ):
         args = (y, x, lora_a_stacked, lora_b_stacked, scale, output_slices)
+        if torch.compiler.is_compiling():  # only ExPosST engines (patch/lora_compile_cpu.py)
+            if buffer is not None or not _slices_fit(lora_b_stacked, output_slices):
+                raise RuntimeError(
+                    "vllm-exposst: this LoRA layer's slices do not fit the fused op; "
+                    "start with --enforce-eager"
+                )
+            torch.ops.exposst.lora_linear_cpu(
+                y,
+                x,
+                list(lora_a_stacked),
+                list(lora_b_stacked),
+                self._token_lora_indices,
+                scale,
+                list(output_slices),
+            )
+            return None
         if not _takes(lora_b_stacked, output_slices, buffer):
             return original(self, *args, buffer=buffer, **kwargs)
         if torch.autograd.profiler._is_profiler_enabled:  # eval/profile_step.py's LoRA share
