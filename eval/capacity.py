@@ -1,7 +1,8 @@
 """Live capacity: the most speakers one server sustains, beside its arithmetic bound.
 
-Starts ``vllm serve`` once (LoRA served as the README does, or a plain model), warms
-it with one sentence, then:
+Starts ``vllm serve`` once (LoRA served as the README does, or a plain model; eager
+for a fast start, or ``--compiled`` with torch.compile as the README's command runs),
+warms it with one sentence, then:
 
 1. **Levels.** ``N`` WebSocket speakers at ``--rate`` words/s each (``eval/load_ws.py``'s
    clients), for ``N`` in ``--levels``, stopping after the first level whose
@@ -40,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start-server", metavar="MODEL", required=True, help="'default' ok")
     parser.add_argument("--adapter", type=Path, help="served as LoRA (--lora-modules)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="serve with torch.compile, as the README's command does (default: eager, a "
+        "fast start)",
+    )
     parser.add_argument("--source", type=Path, help="one sentence per line (else built in)")
     parser.add_argument("--levels", nargs="+", type=int, default=[8, 12, 16, 20, 24, 28, 32])
     parser.add_argument("--rate", type=float, default=2.5, help="source words/s per speaker")
@@ -94,7 +101,9 @@ def measure(args: argparse.Namespace, url: str) -> tuple[list[dict], dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     url = f"ws://127.0.0.1:{free_port()}"
-    server = start_server(args.start_server, url, args.adapter, args.max_num_seqs, args.dtype)
+    server = start_server(
+        args.start_server, url, args.adapter, args.max_num_seqs, args.dtype, args.compiled
+    )
     try:
         levels, saturated = measure(args, url)
     finally:
@@ -131,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         server_model=args.start_server,
         adapter=str(args.adapter) if args.adapter else None,
         dtype=args.dtype,
+        compiled=args.compiled,
         capacity_speakers=capacity,
         demand_tokens_per_second=demand,
         saturated_tokens_per_second=saturated["tokens_per_second"],

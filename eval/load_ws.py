@@ -207,6 +207,7 @@ def start_server(
     adapter: Path | None = None,
     max_num_seqs: int = 64,
     dtype: str = "float32",
+    compiled: bool = False,
 ) -> subprocess.Popen:
     from vllm_exposst import models
     from vllm_exposst.evaluation.runtime import lora_rank, lora_targets
@@ -219,7 +220,11 @@ def start_server(
         targets = lora_targets(adapter)  # as the README's command: the adapter's modules only
         extra += ["--lora-target-modules", *targets] if targets else []
     command = serve_command(
-        models.resolve_model(model), port, max_num_seqs=max_num_seqs, extra=extra
+        models.resolve_model(model),
+        port,
+        max_num_seqs=max_num_seqs,
+        extra=extra,
+        eager=not compiled,
     )
     process = start(command)
     wait_healthy(process, url.replace("ws://", "http://"))

@@ -34,13 +34,16 @@ def serve_command(
     max_num_seqs: int = 64,
     max_model_len: int = 2048,
     extra: Sequence[str] = (),
+    eager: bool = True,
 ) -> list[str]:
-    """float32, eager, ExPosST's scheduler, ``max_sessions`` = ``max_num_seqs``."""
+    """float32, eager (a fast start; ``eager=False``: vLLM's torch.compile, as the
+    README's command runs), ExPosST's scheduler, ``max_sessions`` = ``max_num_seqs``."""
     options = {"exposst": {"max_sessions": max_num_seqs}}
     return [
         str(Path(sys.executable).parent / "vllm"), "serve", str(model),
         "--scheduler-cls", "vllm_exposst.scheduler.ExposstScheduler",
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+        *(["--enforce-eager"] if eager else []),
         "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
         "--seed", "0", "--additional-config", json.dumps(options), *extra,
     ]  # fmt: skip
