@@ -75,11 +75,14 @@ LEDGER: tuple[Patch, ...] = (
         "mostly calls, not arithmetic; the replacement stacks a projection's slices per "
         "adapter slot (A stacked, B block-diagonal; rebuilt when vLLM writes the slot) and "
         "runs one shrink and one expand per adapter present, same dtypes (only when the "
-        "grouped ops are active and the caller passes no buffer). A candidate to offer "
-        "upstream",
+        "grouped ops are active and the caller passes no buffer); the batch's adapter "
+        "groups are read once per batch mapping, and under torch.compile the projection "
+        "is one opaque op (exposst::lora_linear_cpu). A candidate to offer upstream",
         breaks_if="add_lora_linear's signature or its slice semantics change, the stacked "
-        "weights stop being (slots, 1, out, in) tuples per slice, or the wrapper's "
-        "metadata (is_prefill, no_lora, prefill_metadata, token_lora_indices) changes",
+        "weights stop being (slots, 1, out, in) tuples per slice, the wrapper's "
+        "metadata (is_prefill, no_lora, prefill_metadata, token_lora_indices) changes, or "
+        "its _token_lora_indices buffer stops being rewritten in place when the mapping "
+        "changes (tests/engine/test_lora_ops.py::test_fused_lora_linear_follows_a_new_mapping)",
         module="lora_linear_cpu",
     ),
     Patch(

@@ -15,6 +15,10 @@ adapter, or one removed), which the tensors' version counters tell.  Like the gr
 ops, it takes effect only in a worker of an engine that runs ExPosST (``lora_cpu``'s
 switch) and only where the caller passes no buffer of its own; nothing here is
 ExPosST-specific: a candidate to offer upstream with the grouped ops.
+
+Under torch.compile (kept for ExPosST LoRA engines by :mod:`.lora_compile_cpu`) the
+same products run as one opaque op, ``torch.ops.exposst.lora_linear_cpu``, which reads
+the batch's adapters from vLLM's token-index buffer when it runs, not when it is traced.
 """
 
 from __future__ import annotations
