@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="with --start-server"
     )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="with --start-server: torch.compile, as the README's command (default: eager)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/bench/load_ws.json"))
     return parser.parse_args(argv)
 
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if args.start_server:
         server = start_server(
-            args.start_server, args.url, args.adapter, args.max_num_seqs, args.dtype
+            args.start_server, args.url, args.adapter, args.max_num_seqs, args.dtype, args.compiled
         )
     try:
         # one sentence first, not measured: the first use of an adapter loads it, and
@@ -276,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         server_model=args.start_server,
         adapter=str(args.adapter) if args.adapter else None,
         dtype=args.dtype if args.start_server else None,
+        compiled=args.compiled if args.start_server else None,
     )
     return 0
 
