@@ -326,20 +326,25 @@ def test_abort_and_idle_timeout_free_every_block(served, engine_loop):
     assert engine_loop.run(engine.stats())["free_blocks"] == start
 
 
-@pytest.mark.parametrize("served", ["llama"], indirect=True)  # the engine with LoRA on
-def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_path_factory):
-    """Two adapters and plain sessions in one batch: each equals its own PEFT model."""
-    _, engine, model, tokenizer, path = served
-    folder = tmp_path_factory.mktemp("adapters")
+def add_two_adapters(engine, model, path, folder) -> dict:
+    """Random adapters "adapter-a" (attention only: its MLP slots are zero) and
+    "adapter-b" (every projection: gate_up's two slices, down) loaded into ``engine``;
+    the PEFT model of each, and ``model`` for no adapter (key None)."""
     oracles = {None: model}
-    # adapter-b covers the MLP too (gate_up's two slices, down); adapter-a's MLP slots are zero
     for seed, (name, modules) in enumerate(
         [("adapter-a", ATTENTION), ("adapter-b", EVERY_PROJECTION)], 1
     ):
         adapter = make_random_adapter(path, folder / name, seed=seed, modules=modules)
         engine.add_lora(name, str(adapter))
         oracles[name] = peft_model(path, adapter)
+    return oracles
 
+
+@pytest.mark.parametrize("served", ["llama"], indirect=True)  # the engine with LoRA on
+def test_lora_sessions_equal_transformers_with_peft(served, engine_loop, tmp_path_factory):
+    """Two adapters and plain sessions in one batch: each equals its own PEFT model."""
+    _, engine, model, tokenizer, path = served
+    oracles = add_two_adapters(engine, model, path, tmp_path_factory.mktemp("adapters"))
     batch = jobs(seed=14, count=12)
     for i, (_, config) in enumerate(batch):
         config.lora = [None, "adapter-a", "adapter-b"][i % 3]

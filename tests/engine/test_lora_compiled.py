@@ -15,14 +15,15 @@ import pytest
 from vllm_exposst import models, plugin
 from vllm_exposst.switch import SCHEDULER_CLS
 
-from ..conftest import (
-    ATTENTION,
-    EVERY_PROJECTION,
-    engine_for_module,
-    make_random_adapter,
-    peft_model,
+from ..conftest import EVERY_PROJECTION, engine_for_module
+from .test_engine import (
+    add_two_adapters,
+    assert_matches_reference,
+    jobs,
+    reference,
+    run_all,
+    template_for,
 )
-from .test_engine import assert_matches_reference, jobs, reference, run_all, template_for
 
 
 def compilation_mode(path, **kwargs):
@@ -81,14 +82,7 @@ def test_compiled_lora_sessions_equal_transformers_with_peft(
     assert engine.llm.vllm_config.compilation_config.mode == CompilationMode.DYNAMO_TRACE_ONCE
     path = models.tiny_model("llama", model_cache)
     model, tokenizer = models.load(path)
-    folder = tmp_path_factory.mktemp("adapters")
-    oracles = {None: model}
-    for seed, (name, modules) in enumerate(
-        [("adapter-a", ATTENTION), ("adapter-b", EVERY_PROJECTION)], 1
-    ):
-        adapter = make_random_adapter(path, folder / name, seed=seed, modules=modules)
-        engine.add_lora(name, str(adapter))
-        oracles[name] = peft_model(path, adapter)
+    oracles = add_two_adapters(engine, model, path, tmp_path_factory.mktemp("adapters"))
     mixed = jobs(seed=21, count=9)
     for i, (_, config) in enumerate(mixed):
         config.lora = [None, "adapter-a", "adapter-b"][i % 3]
