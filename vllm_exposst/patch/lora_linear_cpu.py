@@ -23,6 +23,7 @@ the batch's adapters from vLLM's token-index buffer when it runs, not when it is
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -182,15 +183,9 @@ def lora_linear_op(
     fused_projection(groups, y, x, tuple(lora_a), tuple(lora_b), scale, tuple(output_slices))
 
 
-def lora_linear_fake(
-    y: torch.Tensor,
-    x: torch.Tensor,
-    lora_a: list[torch.Tensor],
-    lora_b: list[torch.Tensor],
-    token_indices: torch.Tensor,
-    scale: float,
-    output_slices: list[int],
-) -> None:
+@functools.wraps(lora_linear_op)
+def lora_linear_fake(*args: Any, **kwargs: Any) -> None:
+    """What a trace sees: the op writes into ``y`` in place and returns nothing."""
     return None
 
 
