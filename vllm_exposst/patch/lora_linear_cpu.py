@@ -94,23 +94,6 @@ def step_groups(wrapper: Any) -> lora_cpu.Groups:
     return groups
 
 
-def add_lora_linear_fused(
-    wrapper: Any,
-    y: torch.Tensor,
-    x: torch.Tensor,
-    lora_a: tuple[torch.Tensor, ...],
-    lora_b: tuple[torch.Tensor, ...],
-    scale: float,
-    output_slices: tuple[int, ...],
-) -> None:
-    """``y[:, :sum(slices)] += scale * x @ A.T @ B.T`` per row's adapter, slices fused.
-
-    As vLLM's CPU path: the shrink in float32 (its default buffer), the expand in
-    ``y``'s dtype; rows without an adapter are left alone.  A step with one adapter
-    for every row (the common case) is two products and nothing else."""
-    fused_projection(step_groups(wrapper), y, x, lora_a, lora_b, scale, output_slices)
-
-
 def fused_projection(
     groups: lora_cpu.Groups,
     y: torch.Tensor,
@@ -120,7 +103,12 @@ def fused_projection(
     scale: float,
     output_slices: tuple[int, ...],
 ) -> None:
-    """The products of :func:`add_lora_linear_fused` for the given (slot, rows) groups."""
+    """``y[:, :sum(slices)] += scale * x @ A.T @ B.T`` per row's adapter, slices fused,
+    for the (slot, rows) groups of the batch.
+
+    As vLLM's CPU path: the shrink in float32 (its default buffer), the expand in
+    ``y``'s dtype; rows without an adapter are left alone.  A batch with one adapter
+    for every row (the common case) is two products and nothing else."""
     if not groups:
         return
     if x.dim() != 2:
@@ -177,7 +165,7 @@ def lora_linear_op(
     scale: float,
     output_slices: list[int],
 ) -> None:
-    """:func:`add_lora_linear_fused` as a compiled graph calls it (``exposst::lora_linear_cpu``)."""
+    """:func:`fused_projection` as a compiled graph calls it (``exposst::lora_linear_cpu``)."""
     rows = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
     groups = token_groups(token_indices, rows)
     fused_projection(groups, y, x, tuple(lora_a), tuple(lora_b), scale, tuple(output_slices))
@@ -261,7 +249,7 @@ def _switched(original: Any) -> Any:
             return original(self, *args, buffer=buffer, **kwargs)
         if torch.autograd.profiler._is_profiler_enabled:  # eval/profile_step.py's LoRA share
             with torch.profiler.record_function(lora_cpu.PROFILE_LABEL):
-                return add_lora_linear_fused(self, *args)
-        return add_lora_linear_fused(self, *args)
+                return fused_projection(step_groups(self), *args)
+        return fused_projection(step_groups(self), *args)
 
     return add_lora_linear
