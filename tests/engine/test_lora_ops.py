@@ -297,7 +297,7 @@ def test_fused_weights_belong_to_their_tensors_not_their_addresses(monkeypatch):
 
 @pytest.mark.parametrize("prefill", [False, True], ids=["decode", "prefill"])
 def test_fused_lora_linear_follows_a_new_mapping(prefill, monkeypatch):
-    """The groups read once per metadata update (patch/lora_linear_cpu.step_groups) are
+    """The groups read once per batch mapping (patch/lora_linear_cpu.token_groups) are
     read again when the runner maps the next batch onto the same wrapper: same token
     count, other adapters, then fewer tokens."""
     from vllm.lora.layers import LoRAMapping

@@ -79,10 +79,10 @@ LEDGER: tuple[Patch, ...] = (
         "groups are read once per batch mapping, and under torch.compile the projection "
         "is one opaque op (exposst::lora_linear_cpu). A candidate to offer upstream",
         breaks_if="add_lora_linear's signature or its slice semantics change, the stacked "
-        "weights stop being (slots, 1, out, in) tuples per slice, the wrapper's "
-        "metadata (is_prefill, no_lora, prefill_metadata, token_lora_indices) changes, or "
-        "its _token_lora_indices buffer stops being rewritten in place when the mapping "
-        "changes (tests/engine/test_lora_ops.py::test_fused_lora_linear_follows_a_new_mapping)",
+        "weights stop being (slots, 1, out, in) tuples per slice, or the wrapper's "
+        "_token_lora_indices buffer (the batch's adapter per token, its first rows) is "
+        "renamed or stops being rewritten in place when the mapping changes "
+        "(tests/engine/test_lora_ops.py::test_fused_lora_linear_follows_a_new_mapping)",
         module="lora_linear_cpu",
     ),
     Patch(

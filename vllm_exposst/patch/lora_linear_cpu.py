@@ -66,31 +66,26 @@ def fused_weights(
     return found
 
 
-# this step's groups live on the wrapper, with the version of its token-index buffer
-# when they were read (vLLM rewrites the buffer in place when the batch's mapping changes)
-GROUPS = "_exposst_groups"
+# a batch's groups live on vLLM's token-index buffer, with the buffer's version when
+# they were read: update_metadata rewrites it in place whenever the batch's mapping changes
+TOKEN_GROUPS = "_exposst_token_groups"
 
 
-def step_groups(wrapper: Any) -> lora_cpu.Groups:
-    """This step's (adapter slot, rows) groups, from the wrapper's metadata.
+def token_groups(indices: torch.Tensor, x: torch.Tensor) -> lora_cpu.Groups:
+    """The (adapter slot, rows) groups of the batch whose inputs are ``x``, from the first
+    ``len(x)`` entries of vLLM's token-index buffer (``_token_lora_indices``).
 
-    Read once per metadata update, not once per projection: ``update_metadata`` writes
-    the wrapper's token-index buffer in place (its version counter moves) whenever the
-    batch's mapping changes, and every projection of every layer in between asks for
-    the same groups."""
-    key = (wrapper._token_lora_indices._version, wrapper.is_prefill)
-    cached = wrapper.__dict__.get(GROUPS)
+    Read once per batch mapping, not once per projection (every projection of every
+    layer in between asks for the same groups), and at run time, never at trace time:
+    the eager path and the compiled op both call it.  vLLM's prefill metadata (runs of
+    equal indices) is derived from the same buffer, so it gives the same groups."""
+    tokens = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
+    key = (indices._version, tokens)
+    cached = getattr(indices, TOKEN_GROUPS, None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    if wrapper.is_prefill:
-        if wrapper.no_lora:
-            groups: lora_cpu.Groups = []
-        else:
-            starts, lengths, adapters = wrapper.prefill_metadata[:3]
-            groups = lora_cpu._segment_groups(starts, lengths, adapters)
-    else:
-        groups = lora_cpu._token_groups(wrapper.token_lora_indices)
-    wrapper.__dict__[GROUPS] = (key, groups)
+    groups = lora_cpu._token_groups(indices[:tokens])
+    setattr(indices, TOKEN_GROUPS, (key, groups))
     return groups
 
 
@@ -140,20 +135,7 @@ def fused_projection(
 
 # Under torch.compile (patch/lora_compile_cpu.py) Dynamo traces a model once and keeps no
 # guards, so nothing that reads the batch's adapters in Python may be traced: the fused
-# projection runs as one opaque op, its groups read from the token-index buffer itself.
-TOKEN_GROUPS = "_exposst_token_groups"
-
-
-def token_groups(indices: torch.Tensor, tokens: int) -> lora_cpu.Groups:
-    """The groups of the first ``tokens`` entries of vLLM's token-index buffer, read
-    again only when the buffer is rewritten (its version counter) or the count changes."""
-    key = (indices._version, tokens)
-    cached = getattr(indices, TOKEN_GROUPS, None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    groups = lora_cpu._token_groups(indices[:tokens])
-    setattr(indices, TOKEN_GROUPS, (key, groups))
-    return groups
+# projection runs as one opaque op.
 
 
 def lora_linear_op(
@@ -166,8 +148,7 @@ def lora_linear_op(
     output_slices: list[int],
 ) -> None:
     """:func:`fused_projection` as a compiled graph calls it (``exposst::lora_linear_cpu``)."""
-    rows = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
-    groups = token_groups(token_indices, rows)
+    groups = token_groups(token_indices, x)
     fused_projection(groups, y, x, tuple(lora_a), tuple(lora_b), scale, tuple(output_slices))
 
 
@@ -249,7 +230,7 @@ def _switched(original: Any) -> Any:
             return original(self, *args, buffer=buffer, **kwargs)
         if torch.autograd.profiler._is_profiler_enabled:  # eval/profile_step.py's LoRA share
             with torch.profiler.record_function(lora_cpu.PROFILE_LABEL):
-                return fused_projection(step_groups(self), *args)
-        return fused_projection(step_groups(self), *args)
+                return fused_projection(token_groups(self._token_lora_indices, x), *args)
+        return fused_projection(token_groups(self._token_lora_indices, x), *args)
 
     return add_lora_linear
