@@ -49,7 +49,8 @@ def fused_weights(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One slot's A matrices stacked (float32) and B matrices block-diagonal (``dtype``),
     as transposed views ready for ``x @ a @ b``: kept ``(rows, in)`` in memory, which
-    MKL multiplies up to 2x faster than an ``(in, rows)`` copy for a rank-8 output.
+    MKL multiplies faster than an ``(in, rows)`` copy for a rank-8 output
+    (eval/bench_lora_ops.py, docs/benchmarks.md).
 
     Built on first use and again after vLLM writes any of the projection's weights."""
     versions = _versions(lora_a + lora_b)
