@@ -32,10 +32,10 @@ from vllm_exposst.training.examples import (
     fixed_layout_mask,
     fixed_layout_order,
 )
+from vllm_exposst.training.record import cast_adapter_weights
 from vllm_exposst.training.trainer import (
     LayoutTrainer,
     TrainConfig,
-    cast_adapter_weights,
     make_trainer,
     prepare,
     train,
@@ -467,6 +467,9 @@ BAD_INPUTS = {
     "zero slot": (["--slot-len", "0"], "slot_len must be an integer >= 1"),
     "zero minutes": (["--max-minutes", "0"], "max_minutes must be > 0"),
     "all-linear and more": (["--lora-targets", "all-linear,q_proj"], "give it alone"),
+    "full and init adapter": (["--full", "--init-adapter", "{d}"], "give its folder as --model"),
+    "full and top layers": (["--full", "--lora-top-layers", "1"], "--full trains every layer"),
+    "negative keep": (["--keep-checkpoints", "-1"], "keep_checkpoints must be >= 0"),
 }
 
 

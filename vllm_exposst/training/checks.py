@@ -22,7 +22,7 @@ from .record import SAVE_DTYPES
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt")
 CHECKPOINTS = "checkpoints"  # inside the output folder
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors")
 
 
 def check_options(config: TrainConfig) -> None:
@@ -49,6 +49,13 @@ def check_options(config: TrainConfig) -> None:
         raise TrainingInputError(
             f"unknown dropout masks {config.dropout_masks!r}; expected one of {DROPOUT_MASKS}"
         )
+    if config.full and config.init_adapter:
+        raise TrainingInputError(
+            "--full trains every weight of --model; to continue a full run give its folder as "
+            "--model (or --resume), not --init-adapter"
+        )
+    if config.full and config.lora_top_layers is not None:
+        raise TrainingInputError("--lora-top-layers is a LoRA option; --full trains every layer")
     if config.lora_top_layers is not None and (
         not isinstance(config.lora_top_layers, int) or config.lora_top_layers < 1
     ):
@@ -89,7 +96,7 @@ def check_options(config: TrainConfig) -> None:
         raise TrainingInputError(f"max_pairs must be >= 1, got {config.max_pairs}")
     if config.eval_decode is not None and config.eval_decode < 0:
         raise TrainingInputError(f"eval_decode must be >= 0, got {config.eval_decode}")
-    for name in ("eval_every", "save_every"):
+    for name in ("eval_every", "save_every", "keep_checkpoints"):
         if getattr(config, name) < 0:
             raise TrainingInputError(f"{name} must be >= 0, got {getattr(config, name)}")
 

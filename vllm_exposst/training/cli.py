@@ -158,6 +158,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--init-adapter", help="continue training this PEFT adapter (e.g. an offline SFT one)"
     )
+    run.add_argument(
+        "--full",
+        action="store_true",
+        help="train every weight instead of LoRA; OUTPUT becomes a checkpoint folder that "
+        "vllm serve and exposst-eval --model take (with its exposst.json)",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace an adapter in --output")
     run.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations")
     run.add_argument("--eval-sentences", type=int, default=100, help="dev pairs to use")
@@ -168,6 +174,12 @@ def parser() -> argparse.ArgumentParser:
         "as the reference decoder is slow on a CPU)",
     )
     run.add_argument("--save-every", type=int, default=500, help="checkpoint interval; 0: none")
+    run.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=2,
+        help="newest checkpoints kept; 0: all of them (to draw a learning curve afterwards)",
+    )
     run.add_argument(
         "--save-dtype",
         default="float32",
@@ -212,6 +224,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lookahead_labels=args.lookahead_labels,
         refeed=args.refeed,
         init_adapter=args.init_adapter,
+        full=args.full,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
@@ -234,6 +247,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         eval_sentences=args.eval_sentences,
         eval_decode=args.eval_decode,
         save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints,
         log_every=args.log_every,
         precision=args.precision,
         forward=args.forward,

@@ -43,6 +43,7 @@ class TrainConfig:
     lookahead_labels: bool = False  # examples.add_lookahead_labels
     refeed: bool = DEFAULT_REFEED  # the refeed rule (layout.ExposstAllocator.refeed_due)
     init_adapter: str | None = None  # continue this adapter (its shape wins; dropout is ours)
+    full: bool = False  # train every weight (no LoRA); the output is a checkpoint folder
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -65,6 +66,7 @@ class TrainConfig:
     eval_sentences: int = 100  # dev pairs used for dev loss and decoding
     eval_decode: int | None = None  # dev pairs decoded for BLEU (None: all; 0: dev loss only)
     save_every: int = 500  # checkpoint interval in steps; 0: none
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0: all (learning curves)
     log_every: int = 10
     precision: str = "auto"  # bfloat16 on CPUs with native bf16, else float32 (forward.py)
     forward: str = "fast"  # fast | label-head | plain (training.forward; plain = model(**batch))
@@ -85,7 +87,7 @@ class Prepared:
 
     config: TrainConfig
     model_path: Path
-    model: Any  # PeftModel
+    model: Any  # PeftModel, or the model itself when every weight trains (full)
     tokenizer: Any
     template: PromptTemplate
     mix: list[Policy]

@@ -59,7 +59,7 @@ from .forward import (
     supports_fast_forward,
 )
 from .progress import ProgressBar, ThroughputMeter, TimeLimit
-from .record import adapter_meta, cast_adapter_weights, last_eval
+from .record import CheckpointMeta, adapter_meta, last_eval, save_weights
 
 
 # -- preparation -----------------------------------------------------------------------
@@ -80,7 +80,8 @@ def prepare(config: TrainConfig) -> Prepared:
     model_path = resolve_model_path(config)
 
     model, tokenizer = models.load(model_path)
-    check_lora_targets(model, config.lora_targets)
+    if not config.full:
+        check_lora_targets(model, config.lora_targets)
     try:
         template = build_prompt(
             tokenizer, config.source_lang, config.target_lang, system_prompt=config.system_prompt
@@ -120,7 +121,9 @@ def prepare(config: TrainConfig) -> Prepared:
         task_type="CAUSAL_LM",
         **lora_layers(model, config.lora_top_layers),
     )
-    if config.init_adapter:
+    if config.full:
+        model = model.float().train()  # every weight trains, in float32 (autocast aside)
+    elif config.init_adapter:
         # the adapter's shape (rank, alpha, targets, layers) wins; dropout is this run's setting
         own = LoraConfig.from_pretrained(config.init_adapter)
         own.lora_dropout = config.lora_dropout
@@ -285,7 +288,7 @@ def training_arguments(config: TrainConfig, has_dev: bool) -> TrainingArguments:
         prediction_loss_only=True,
         save_strategy="steps" if config.save_every > 0 else "no",
         save_steps=config.save_every if config.save_every > 0 else 500,
-        save_total_limit=2,
+        save_total_limit=config.keep_checkpoints or None,
         seed=config.seed,
         bf16=device() == "cuda" and precision(config) == "bfloat16",  # CUDA mixed precision
         report_to="none",
@@ -315,6 +318,7 @@ def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
         callbacks=[
             meter,
             ProgressBar(meter, enabled=config.progress),
+            CheckpointMeta(prepared, meter),
             *([TimeLimit(config.max_minutes)] if config.max_minutes else []),
         ],
         batch_tokens=config.batch_tokens,
@@ -349,12 +353,12 @@ def train(config: TrainConfig) -> TrainResult:
         final = trainer.evaluate()
     out = Path(config.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    prepared.model.save_pretrained(out)
-    cast_adapter_weights(out, config.save_dtype)
+    save_weights(prepared, out)
     history = trainer.state.log_history
     steps = trainer.state.global_step
     meta = adapter_meta(prepared, steps, history, final, meter)
     meta["training"]["planned_steps"] = trainer.state.max_steps
+    meta["training"]["keep_checkpoints"] = config.keep_checkpoints
     meta["training"]["forward"] = trainer.forward  # what ran ("plain" where unsupported)
     meta["training"]["precision"] = precision(config)
     meta["training"]["attention"] = attention(config)
