@@ -37,6 +37,9 @@ MAX_SENTENCE_WORDS = 60  # auto: a sentence with this many source words is cut t
 SENTENCE_PAUSE = 2.0  # auto: seconds without input that end the sentence in progress
 TALK_SENTENCES_IN_FLIGHT = 3  # sentences of one connection translating at once
 MAX_APPEND_CHARS = 10_000  # characters in one input_text.append (and in a word)
+# characters of client frames a WebSocket connection holds before the talk takes them
+# (server/inbox.py): about 20 hours of speech; frames past it get input_queue_full
+MAX_QUEUED_INPUT_CHARS = 1_000_000
 
 
 def target_token_limit(source_tokens: int, cap: int | None = None) -> int:

@@ -17,6 +17,7 @@ from .defaults import (
     DEFAULT_SLOT_LEN,
     LISTEN_HISTORY,
     LISTEN_QUEUE,
+    MAX_QUEUED_INPUT_CHARS,
     MAX_SENTENCE_WORDS,
     MODES,
     SEGMENTATIONS,
@@ -97,6 +98,8 @@ class ExposstOptions(TranslationSettings):
     listen_queue: int = LISTEN_QUEUE  # events a listener may lag before it is dropped
     subtitles_keep: float = SUBTITLES_KEEP_SECONDS  # seconds subtitles outlive a session
     subtitles_max_sentences: int = SUBTITLES_MAX_SENTENCES  # kept per session
+    # characters of client frames a WebSocket connection holds before its talk takes them
+    input_queue_chars: int = MAX_QUEUED_INPUT_CHARS
 
     def __post_init__(self) -> None:
         def fail(key: str, what: str) -> None:
@@ -114,7 +117,12 @@ class ExposstOptions(TranslationSettings):
             fail("max_sessions", "must be an integer >= 1")
         if not isinstance(self.session_max_tokens, int) or self.session_max_tokens < 1:
             fail("session_max_tokens", "must be an integer >= 1")
-        for key in ("listen_history", "listen_queue", "subtitles_max_sentences"):
+        for key in (
+            "listen_history",
+            "listen_queue",
+            "subtitles_max_sentences",
+            "input_queue_chars",
+        ):
             value = getattr(self, key)
             low = 0 if key == "listen_history" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

@@ -28,13 +28,14 @@ from .test_server import SERVER_ENV, free_port, serve_command, stop_process, wai
 
 pytestmark = pytest.mark.server
 IDLE_TIMEOUT = 4.0
+SMALL_INPUT_QUEUE = 3_000  # characters: small, so a test can pass it (the default: 1,000,000)
 LONG_WORDS = [w for w in ENGLISH_WORDS if len(w) > 1]  # "a." would read as an initial
 
 
 class TalkServer:
     """``vllm serve`` with a short idle timeout (the pause tests wait past it)."""
 
-    def __init__(self, base: Path, log: Path) -> None:
+    def __init__(self, base: Path, log: Path, input_queue_chars: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/simul/realtime"
@@ -45,6 +46,7 @@ class TalkServer:
                 "slot_len": 4,
                 "max_sessions": 12,
                 "idle_timeout": IDLE_TIMEOUT,
+                **({"input_queue_chars": input_queue_chars} if input_queue_chars else {}),
             }
         }
         command = serve_command(
@@ -83,6 +85,15 @@ class TalkServer:
 def server(tmp_path_factory, model_cache):
     base = models.tiny_model("llama", model_cache)
     srv = TalkServer(base, tmp_path_factory.mktemp("talk") / "serve.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(tmp_path_factory, model_cache):
+    """A second server whose connections hold at most ``SMALL_INPUT_QUEUE`` characters."""
+    base = models.tiny_model("llama", model_cache)
+    srv = TalkServer(base, tmp_path_factory.mktemp("queue") / "serve.log", SMALL_INPUT_QUEUE)
     yield srv
     srv.stop()
 
@@ -566,5 +577,104 @@ def test_a_client_sentence_past_the_limit_fails_alone_and_the_talk_goes_on(serve
     assert all(e["sentence"] != 0 for e in dones)  # the failed sentence reports no done
     assert done["end"] == "commit"
     check_sentences(client, [done], [later], oracle)
+    stats = server.all_free()
+    assert stats["free_blocks"] == stats["total_blocks"] and stats["open_sessions"] == 0, stats
+
+
+# -- a client that sends faster than it is translated --------------------------------------
+FAST_SENTENCES = 80
+PING = dict(ping_interval=0.5, ping_timeout=2)  # the client's keepalive, short on purpose
+
+
+async def open_fast_client(server: TalkServer) -> Client:
+    """A client whose library keeps reading (no queue bound) and pings every 0.5 s: were the
+    server to stop reading the socket, its pong would wait behind unread frames and the
+    client would close with 1011 (keepalive ping timeout) after 2 s."""
+    ws = await websockets.connect(server.ws_url, max_size=None, max_queue=None, **PING)
+    client = Client(ws)
+    assert (await client.recv())["type"] == "session.created"
+    await client.send({"type": "session.update", "session": {"segmentation": "auto"}})
+    assert (await client.recv())["type"] == "session.updated"
+    return client
+
+
+@pytest.mark.parametrize("read_while_sending", [True, False])
+def test_a_talk_sent_faster_than_it_is_translated_keeps_its_connection_and_every_sentence(
+    server, oracle, read_while_sending
+):
+    rng = random.Random(11 + read_while_sending)
+    pool = [sentence_text(rng, 3, 8) for _ in range(20)]  # the oracle translates 20 sentences
+    sources = [rng.choice(pool) for _ in range(FAST_SENTENCES)]
+    text = " ".join(sources) + " "
+    chunks = [text[i : i + 7] for i in range(0, len(text), 7)]  # words split across appends
+
+    async def scenario():
+        client = await open_fast_client(server)
+        reader = None
+        if read_while_sending:
+            reader = asyncio.ensure_future(client.dones(len(sources), timeout=120))
+        for chunk in chunks:  # as fast as the socket takes them
+            await client.append(chunk)
+        if reader is None:
+            await asyncio.sleep(3)  # reads nothing for longer than the ping timeout
+            dones = await client.dones(len(sources), timeout=120)
+        else:
+            dones = await reader
+        await client.close()
+        return client, dones
+
+    client, dones = asyncio.run(scenario())
+    assert client.ws.close_code in (None, 1000), (client.ws.close_code, client.ws.close_reason)
+    check_sentences(client, dones, sources, oracle)
+    assert {d["end"] for d in dones} == {"punctuation"}
+    stats = server.all_free()
+    assert stats["free_blocks"] == stats["total_blocks"] and stats["open_sessions"] == 0, stats
+
+
+def test_input_past_the_queue_bound_gets_an_error_and_the_talk_goes_on(small_queue_server, oracle):
+    """Frames of whole sentences, sent in one burst far past ``input_queue_chars``: the
+    dropped ones are named by ``input_queue_full`` errors, every other sentence is
+    translated in order, and the session takes input again once the queue drained."""
+    rng = random.Random(5)
+    per_frame, frames = 8, 60  # 480 sentences, about 4 times the queue bound
+    pool = [sentence_text(rng, 3, 6) for _ in range(20)]
+    batches = [[rng.choice(pool) for _ in range(per_frame)] for _ in range(frames)]
+    texts = [" ".join(batch) + " " for batch in batches]
+    assert sum(map(len, texts)) > 3 * SMALL_INPUT_QUEUE
+    server = small_queue_server
+
+    async def scenario():
+        client = await open_fast_client(server)
+        for piece in texts:
+            await client.append(piece)
+        errors, dones = [], []
+        while True:  # until every sentence not dropped is done
+            event = await client.recv(timeout=120)
+            if event["type"] == "error":
+                errors.append(event["error"])
+            elif event["type"] == "response.output_text.done":
+                dones.append(event)
+            dropped = sum(e["dropped_events"] for e in errors)
+            if len(dones) == (frames - dropped) * per_frame and errors:
+                break
+        last = sentence_text(rng)
+        await client.append(last + " ")
+        (after,) = await client.dones(1)
+        await client.close()
+        return errors, dones, after, last
+
+    errors, dones, after, last = asyncio.run(scenario())
+    assert errors and {e["code"] for e in errors} == {"input_queue_full"}, errors
+    assert all(e["type"] == "rate_limit_error" and e["retry_after"] == 1 for e in errors)
+    dones = sorted(dones, key=lambda d: d["sentence"])
+    sent = [s for batch in batches for s in batch]
+    kept = [d["source"] for d in dones]
+    it = iter(sent)  # the kept sentences are the sent ones in order, whole frames left out
+    assert all(source in it for source in kept)
+    assert len(sent) - len(kept) == per_frame * sum(e["dropped_events"] for e in errors)
+    assert all(e["dropped_chars"] > 0 for e in errors)  # sizes as received, JSON included
+    for done in dones:
+        assert done["text"] == oracle(done["source"]).text
+    assert after["source"] == last and after["text"] == oracle(last).text
     stats = server.all_free()
     assert stats["free_blocks"] == stats["total_blocks"] and stats["open_sessions"] == 0, stats

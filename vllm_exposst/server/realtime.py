@@ -36,6 +36,7 @@ from . import metrics
 from .context import SIMUL_KEYS, ServerContext
 from .engine_death import engine_died
 from .errors import ApiError, api_error
+from .inbox import Dropped, Inbox
 from .talk import COMMIT, Sentence, Talk
 
 # control characters other than tab, line feed and carriage return; lone surrogates
@@ -59,10 +60,14 @@ class RealtimeConnection:
             await self.ws.send_json(event)
 
     async def send_error(
-        self, exc: BaseException, event_type: str | None = None, sentence: int | None = None
+        self,
+        exc: BaseException,
+        event_type: str | None = None,
+        sentence: int | None = None,
+        **details: Any,
     ) -> None:
         error = api_error(exc)
-        body = error.body()["error"]
+        body = {**error.body()["error"], **details}
         if error.status == 429:
             body["retry_after"] = 1
         if event_type:
@@ -282,51 +287,93 @@ HANDLERS = {
 }
 
 
+async def read_frames(websocket: WebSocket, inbox: Inbox) -> None:
+    """Read every frame as it arrives, whatever the engine's pace (server/inbox.py)."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        inbox.put(message)
+
+
+async def handle_events(connection: RealtimeConnection, inbox: Inbox) -> None:
+    """The client's events in order, until ``session.close``."""
+    while True:
+        message = await inbox.get()
+        if isinstance(message, Dropped):
+            await connection.send_error(
+                ApiError(
+                    429,
+                    f"{message.frames} event(s) ({message.chars} characters) dropped: the "
+                    f"session holds at most {inbox.limit} characters of input the talk has "
+                    "not taken yet; send at the speaking rate, or wait for done events",
+                    "rate_limit_error",
+                    "input_queue_full",
+                ),
+                dropped_events=message.frames,
+                dropped_chars=message.chars,
+            )
+            continue
+        try:
+            event = json.loads(frame_text(message))
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise ApiError(
+                    400, "an event is a JSON object with a string 'type'", code="invalid_event"
+                )
+        except json.JSONDecodeError as err:
+            await connection.send_error(
+                ApiError(400, f"malformed JSON event: {err}", code="invalid_json")
+            )
+            continue
+        except ApiError as err:
+            await connection.send_error(err)
+            continue
+        kind = event["type"]
+        if kind == "session.close":
+            await connection.wait_sentence()
+            return
+        handler = HANDLERS.get(kind)
+        try:
+            if handler is None:
+                raise ApiError(
+                    400,
+                    f"unknown event type {kind!r}; expected one of {[*HANDLERS, 'session.close']}",
+                    code="invalid_event",
+                )
+            await handler(connection, event)
+        except Exception as exc:
+            await connection.send_error(exc, kind)
+
+
 async def realtime(websocket: WebSocket, context: ServerContext) -> None:
     await websocket.accept()
     connection = RealtimeConnection(websocket, context)
     context.connections.add(connection)
+    tasks: list[asyncio.Task] = []
     try:
         if engine_died(context.engine.llm):  # between the death and the server's exit
             await connection.engine_died()
             return
         session = {**connection.describe(), "listen_token": connection.hub.token}
         await connection.send({"type": "session.created", "session": session})
-        while True:
-            message = await websocket.receive()
-            try:
-                event = json.loads(frame_text(message))
-                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                    raise ApiError(
-                        400, "an event is a JSON object with a string 'type'", code="invalid_event"
-                    )
-            except json.JSONDecodeError as err:
-                await connection.send_error(
-                    ApiError(400, f"malformed JSON event: {err}", code="invalid_json")
-                )
-                continue
-            except ApiError as err:
-                await connection.send_error(err)
-                continue
-            kind = event["type"]
-            if kind == "session.close":
-                await connection.wait_sentence()
-                break
-            handler = HANDLERS.get(kind)
-            try:
-                if handler is None:
-                    raise ApiError(
-                        400,
-                        f"unknown event type {kind!r}; expected one of "
-                        f"{[*HANDLERS, 'session.close']}",
-                        code="invalid_event",
-                    )
-                await handler(connection, event)
-            except Exception as exc:
-                await connection.send_error(exc, kind)
+        inbox = Inbox(context.engine.options.input_queue_chars)
+        tasks = [
+            asyncio.ensure_future(read_frames(websocket, inbox)),
+            asyncio.ensure_future(handle_events(connection, inbox)),
+        ]
+        # the reader ends when the client leaves, the handler after session.close
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            with contextlib.suppress(WebSocketDisconnect):
+                task.result()  # a sending failure: the client is gone
     except WebSocketDisconnect:
         pass
     finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         context.connections.discard(connection)
         await connection.close()
         context.listeners.close(connection.hub)  # listeners get session.ended; token revoked

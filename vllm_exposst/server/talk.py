@@ -10,8 +10,9 @@ reach the model's position limit is cut before that word (``end``:
 ``position_limit``), and the talk goes on.  A client's sentence is kept whole: one
 past the limit fails (an error naming it) and the next words start the next one.
 The next sentence starts at once while the previous ones finish (at most
-``TALK_SENTENCES_IN_FLIGHT`` per connection; past that, the talk stops reading input
-until one is done: back-pressure, not an error).
+``TALK_SENTENCES_IN_FLIGHT`` per connection; past that, the talk takes no more input
+until one is done: back-pressure, not an error; the WebSocket is still read meanwhile,
+into the connection's inbox, :mod:`.inbox`).
 
 What a talk keeps does not grow with the sentences it has translated: the sentences
 in flight, the splitter's few counters and a partial word (at most
