@@ -26,6 +26,7 @@ from .test_trainer import cipher_pairs, layout_loss, write_pairs
 
 SYSTEM = "You are a helpful assistant."
 RELATIVE = 1e-4
+pytestmark = pytest.mark.usefixtures("one_thread")
 LAYOUTS = [  # (layout, refeed, lookahead labels)
     ("exposst", True, True),
     ("exposst", True, False),
@@ -33,14 +34,6 @@ LAYOUTS = [  # (layout, refeed, lookahead labels)
     ("shift", False, True),
     ("offline", False, False),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def prepared_run(

@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vllm_exposst import models
 from vllm_exposst.adapter_meta import read_adapter_meta
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
@@ -27,19 +26,7 @@ from .test_trainer import cipher_pairs, write_pairs
 STEPS = 40
 POLICY = "wait-1"
 SLOT_LEN = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_path(model_cache) -> Path:
-    return models.tiny_model("llama", model_cache)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +91,8 @@ def test_every_checkpoint_is_kept_with_its_exposst_json(full_run):
     for step in steps:
         meta = json.loads((folder / f"checkpoint-{step}" / "exposst.json").read_text())
         assert meta["steps"] == step and meta["checkpoint"] is True and meta["full"] is True
+        # the same record as the final output's, at the checkpoint's step
+        assert meta["training"]["precision"] == "float32" and meta["training"]["forward"] == "fast"
 
 
 @pytest.mark.engine

@@ -49,6 +49,7 @@ CIPHER = dict(zip(ENGLISH, GERMAN))
 POLICY = "wait-1"  # the cipher is monotone: each word is translatable once it is read
 CIPHER_STEPS = 1500
 SLOT_LEN = 3  # small, so later source words open new slots between target words
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cipher_pairs(seed: int, count: int) -> list[tuple[str, str]]:
@@ -66,20 +67,6 @@ def write_pairs(folder: Path, name: str, pairs: list[tuple[str, str]]) -> list[s
     source.write_text("".join(f"{s}\n" for s, _ in pairs))
     target.write_text("".join(f"{t}\n" for _, t in pairs))
     return [str(source), str(target)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one torch thread avoids spin contention (about 30x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_path(model_cache) -> Path:
-    return models.tiny_model("llama", model_cache)
 
 
 @pytest.fixture(scope="module")

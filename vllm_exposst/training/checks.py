@@ -22,7 +22,8 @@ from .record import SAVE_DTYPES
 
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt")
 CHECKPOINTS = "checkpoints"  # inside the output folder
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors")
+# what a finished run leaves in its output folder: a PEFT adapter, or a --full checkpoint
+SAVED_FILES = ("adapter_config.json", "adapter_model.safetensors", "model.safetensors")
 
 
 def check_options(config: TrainConfig) -> None:
@@ -131,7 +132,7 @@ def check_output(config: TrainConfig) -> Path:
     out = Path(config.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise TrainingInputError(f"output folder {out} is a file")
-    saved = any((out / name).exists() for name in ADAPTER_FILES)
+    saved = any((out / name).exists() for name in SAVED_FILES)
     used = saved or any((out / CHECKPOINTS).glob("checkpoint-*"))
     if used and config.resume is None and not config.overwrite:
         raise TrainingInputError(

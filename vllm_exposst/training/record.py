@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
-from ..adapter_meta import write_adapter_meta
 from .config import Prepared
 from .data import LayoutDataset, Pair
 from .dev_eval import DECODE_MODE
@@ -39,29 +37,8 @@ def save_weights(prepared: Prepared, out: Path) -> None:
         cast_adapter_weights(out, dtype)
         return
     state = {k: v.to(SAVE_DTYPES[dtype]) for k, v in model.state_dict().items()}
-    model.save_pretrained(out, state_dict=state)
-    model.config.save_pretrained(out)  # the architecture as loaded; vLLM picks its own dtype
+    model.save_pretrained(out, state_dict=state)  # with config.json
     prepared.tokenizer.save_pretrained(out)
-
-
-class CheckpointMeta(TrainerCallback):
-    """Writes ``exposst.json`` into every checkpoint the Trainer saves, so each one loads
-    as the final output does (``--lora-modules`` or ``--model``): the learning curve of a
-    run is then measured with the vLLM engine on its checkpoints."""
-
-    def __init__(self, prepared: Prepared, meter: ThroughputMeter) -> None:
-        self.prepared, self.meter = prepared, meter
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not folder.is_dir():
-            return
-        history = state.log_history
-        final = last_eval(history, state.global_step)
-        meta = adapter_meta(self.prepared, state.global_step, history, final, self.meter)
-        meta["training"]["planned_steps"] = state.max_steps
-        meta["checkpoint"] = True
-        write_adapter_meta(folder, meta)
 
 
 def last_eval(history: list[dict[str, Any]], step: int) -> dict[str, Any]:

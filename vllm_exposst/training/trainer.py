@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .. import models
 from ..adapter_meta import write_adapter_meta
@@ -59,7 +59,7 @@ from .forward import (
     supports_fast_forward,
 )
 from .progress import ProgressBar, ThroughputMeter, TimeLimit
-from .record import CheckpointMeta, adapter_meta, last_eval, save_weights
+from .record import adapter_meta, last_eval, save_weights
 
 
 # -- preparation -----------------------------------------------------------------------
@@ -112,15 +112,6 @@ def prepare(config: TrainConfig) -> Prepared:
             dev_eval = DevEvaluator(template, decoded, inference, config.layout, config.slot_len)
 
     set_seed(config.seed)
-    targets = config.lora_targets
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
-        task_type="CAUSAL_LM",
-        **lora_layers(model, config.lora_top_layers),
-    )
     if config.full:
         model = model.float().train()  # every weight trains, in float32 (autocast aside)
     elif config.init_adapter:
@@ -131,6 +122,15 @@ def prepare(config: TrainConfig) -> Prepared:
             model.train(), config.init_adapter, is_trainable=True, config=own
         )
     else:
+        targets = config.lora_targets
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+            task_type="CAUSAL_LM",
+            **lora_layers(model, config.lora_top_layers),
+        )
         model = get_peft_model(model.train(), lora)
     return Prepared(
         config,
@@ -318,7 +318,6 @@ def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
         callbacks=[
             meter,
             ProgressBar(meter, enabled=config.progress),
-            CheckpointMeta(prepared, meter),
             *([TimeLimit(config.max_minutes)] if config.max_minutes else []),
         ],
         batch_tokens=config.batch_tokens,
@@ -328,6 +327,7 @@ def make_trainer(prepared: Prepared) -> tuple[LayoutTrainer, ThroughputMeter]:
         cpu_bf16=device() == "cpu" and precision(config) == "bfloat16",
         meter=meter,
     )
+    trainer.add_callback(CheckpointMeta(prepared, trainer, meter))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
@@ -343,6 +343,43 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 # -- the run ------------------------------------------------------------------------------
+def run_meta(
+    prepared: Prepared, trainer: LayoutTrainer, meter: ThroughputMeter, final: dict[str, Any]
+) -> dict[str, Any]:
+    """``exposst.json`` of the run at its current step: how to run it, and how it was made."""
+    config, state = prepared.config, trainer.state
+    meta = adapter_meta(prepared, state.global_step, state.log_history, final, meter)
+    meta["training"].update(
+        planned_steps=state.max_steps,
+        keep_checkpoints=config.keep_checkpoints,
+        forward=trainer.forward,  # what ran ("plain" where unsupported)
+        precision=precision(config),
+        attention=attention(config),
+        dropout_masks=dropout_masks(config),
+        device=device(),
+        threads=torch.get_num_threads(),
+        compile=config.compile,
+    )
+    return meta
+
+
+class CheckpointMeta(TrainerCallback):
+    """Writes ``exposst.json`` into every checkpoint the Trainer saves, so each one loads
+    as the final output does (``--lora-modules`` or ``--model``): the learning curve of a
+    run is then measured with the vLLM engine on its checkpoints."""
+
+    def __init__(self, prepared: Prepared, trainer: LayoutTrainer, meter: ThroughputMeter) -> None:
+        self.prepared, self.trainer, self.meter = prepared, trainer, meter
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            final = last_eval(state.log_history, state.global_step)
+            meta = run_meta(self.prepared, self.trainer, self.meter, final)
+            meta["checkpoint"] = True
+            write_adapter_meta(folder, meta)
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Prepare, train, and write the adapter with ``exposst.json`` and the log."""
     prepared = prepare(config)
@@ -356,16 +393,7 @@ def train(config: TrainConfig) -> TrainResult:
     save_weights(prepared, out)
     history = trainer.state.log_history
     steps = trainer.state.global_step
-    meta = adapter_meta(prepared, steps, history, final, meter)
-    meta["training"]["planned_steps"] = trainer.state.max_steps
-    meta["training"]["keep_checkpoints"] = config.keep_checkpoints
-    meta["training"]["forward"] = trainer.forward  # what ran ("plain" where unsupported)
-    meta["training"]["precision"] = precision(config)
-    meta["training"]["attention"] = attention(config)
-    meta["training"]["dropout_masks"] = dropout_masks(config)
-    meta["training"]["device"] = device()
-    meta["training"]["threads"] = torch.get_num_threads()
-    meta["training"]["compile"] = config.compile
+    meta = run_meta(prepared, trainer, meter, final)
     # only the TimeLimit callback ends a run before its planned steps
     meta["training"]["stopped_by_time_limit"] = steps < trainer.state.max_steps
     write_adapter_meta(out, meta)
