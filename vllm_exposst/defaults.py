@@ -38,7 +38,8 @@ SENTENCE_PAUSE = 2.0  # auto: seconds without input that end the sentence in pro
 TALK_SENTENCES_IN_FLIGHT = 3  # sentences of one connection translating at once
 MAX_APPEND_CHARS = 10_000  # characters in one input_text.append (and in a word)
 # characters of client frames a WebSocket connection holds before the talk takes them
-# (server/inbox.py): about 20 hours of speech; frames past it get input_queue_full
+# (server/inbox.py), JSON included: about three hours of talk sent in 7-character
+# appends, more in larger ones; frames past it get input_queue_full
 MAX_QUEUED_INPUT_CHARS = 1_000_000
 
 
