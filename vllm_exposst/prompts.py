@@ -74,6 +74,17 @@ class PromptTemplate:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+UNFINISHED_CHARACTER = "\ufffd"
+
+
+def finished_text(text: str) -> str:
+    """``text`` without the U+FFFD at its end that an unfinished UTF-8 character decodes
+    to.  Byte-level tokenizers split ü, ß, emoji and CJK across tokens; a delta cut
+    between them would show "\ufffd" to the client for good.  A U+FFFD that the model
+    wrote itself is only held back until more text follows it (or the text ends)."""
+    return text.rstrip(UNFINISHED_CHARACTER)
+
+
 def units(words: list[list[int]], unit: str) -> list[list[int]]:
     """Group word tokens into policy units: whole words, or single tokens."""
     if unit == "word":

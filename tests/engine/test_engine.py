@@ -407,3 +407,42 @@ def test_word_by_word_driving_with_wait_idle(served, engine_loop):
     seen, result = engine_loop.run(drive())
     assert all(read == pushed for read, pushed in seen if pushed is not None)
     assert_matches_reference(model, template_for(tokenizer, config), (source, config), result)
+
+
+def test_pieces_join_to_the_reference_text_without_half_characters(served, engine_loop):
+    """The tiny models write lone bytes of ü, emoji, CJK...: a piece that ends inside a
+    character holds it back (empty text, its tokens kept), the last piece flushes."""
+    _, engine, model, tokenizer, _ = served
+    rng = random.Random(3)
+    batch = [
+        (
+            random_sentence(rng, ENGLISH_WORDS, 2, 14),
+            SessionConfig(policy=policy, slot_len=3, max_target_tokens=CAP),
+        )
+        for policy in ("token-wait-3", "wait-3")
+        for _ in range(15)
+    ]
+
+    async def one(source, config):
+        session = await engine.open(config)
+        try:
+            await session.push(source)
+            await session.finish()
+            pieces = [piece async for piece in session]
+            return pieces, await session.result()
+        finally:
+            await session.close()
+
+    async def go():
+        return await asyncio.gather(*[one(source, config) for source, config in batch])
+
+    held_back = 0
+    template = template_for(tokenizer, batch[0][1])
+    for job, (pieces, result) in zip(batch, engine_loop.run(go())):
+        assert_matches_reference(model, template, job, result)
+        ref = reference(model, template, *job)
+        assert "".join(piece.text for piece in pieces) == result.text == ref.text
+        assert [t for piece in pieces for t in piece.token_ids] == result.target_ids
+        assert not any(piece.text.endswith("\ufffd") for piece in pieces[:-1])
+        held_back += sum(bool(piece.token_ids) and not piece.text for piece in pieces)
+    assert held_back > 0  # the case under test happened

@@ -262,6 +262,42 @@ def test_openai_client_streaming_and_not_all_four_modes(server, oracle):
         assert reads == sorted(reads) and chunks[-1].model_extra["simul"]["delays"] == ref.delays
 
 
+def splits_a_character(template, ids: list[int]) -> bool:
+    """Does a prefix of these target tokens end inside a UTF-8 character?"""
+    return any(template.decode(ids[:end]).endswith("\ufffd") for end in range(1, len(ids)))
+
+
+def test_deltas_and_the_chat_stream_never_split_a_character(server, oracle):
+    """Sentences on which the tiny model writes ü, emoji or CJK bytes in several tokens:
+    the deltas join to the done text (the reference's), no delta shows half a character."""
+    template = build_prompt(models.load(server.base)[1])
+    rng = random.Random(5)
+    chosen: list[tuple[str, str]] = []
+    while len(chosen) < 3:
+        source = random_sentence(rng, ENGLISH_WORDS, 3, 12)
+        ref = oracle(source, policy="token-wait-2", cap=None)
+        if splits_a_character(template, ref.target_ids):
+            chosen.append((source, ref.text))
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1/simul", api_key=API_KEY)
+    for source, text in chosen:
+        out = asyncio.run(live(server, [source], {"policy": "token-wait-2"}))
+        deltas = [d["delta"] for d in out["deltas"]]
+        assert out["done"]["text"] == text
+        assert "".join(deltas) == text
+        assert all(deltas) and not any(d.endswith("\ufffd") for d in deltas[:-1])
+        stream = client.chat.completions.create(
+            model=str(server.base),
+            messages=[{"role": "user", "content": source}],
+            extra_body={"simul": {"policy": "token-wait-2", "slot_len": 4}},
+            stream=True,
+        )
+        contents = [c.choices[0].delta.content or "" for c in stream]
+        assert "".join(contents) == text
+        assert not any(c.endswith("\ufffd") for c in contents[:-2])
+
+
 def test_thirty_two_concurrent_clients_with_two_adapters(server, oracle):
     rng = random.Random(2)
     policies = ["wait-1", "wait-3", "read-2/write-1", "token-wait-2"]

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from ..defaults import CACHE_KEEPING_MODES, OFFLINE, target_token_limit
 from ..layout import READ, WRITE, make_allocator
 from ..policies import Offline, Policy, PolicyState
-from ..prompts import PromptTemplate, word_delays, word_starts
+from ..prompts import PromptTemplate, finished_text, word_delays, word_starts
 from .read_queue import Queued, ReadPlan, is_queued_chunk, queue_chunk, reads_ahead, turn_length
 from .request import RequestTarget, Sampled, StreamRequest
 from .source import SourceBuffer
@@ -301,13 +301,27 @@ class SessionDecoder:
         self.target_ids += tokens
         self.logprobs += [logprob for _, logprob in word]
         self.groups.append((tokens, delay))
-        text = self.s.template.decode(self.target_ids)
         now = time.monotonic() - self.s.opened
         self.elapsed.append(now)
-        self.s.emit(
-            TargetPiece(text[len(self.text) :], tokens, delay, now, self.logprobs[-len(tokens) :])
-        )
-        self.text = text
+        text = finished_text(self.s.template.decode(self.target_ids))
+        self._pass_on(text, tokens, delay, now, self.logprobs[-len(tokens) :])
+
+    def _pass_on(
+        self, text: str, tokens: list[int], delay: int, now: float, logprobs: list[float]
+    ) -> None:
+        """Emit what ``text`` (the translation so far) adds to what was passed on; the
+        pieces' texts joined are always a prefix of the translation."""
+        piece = text[len(self.text) :]
+        self.text += piece
+        self.s.emit(TargetPiece(piece, tokens, delay, now, logprobs))
+
+    def _flush(self) -> None:
+        """At the end: pass on what was held back (an unfinished character the model
+        never completed), so that the pieces' texts join to the result's text."""
+        text = self.s.template.decode(self.target_ids)
+        if len(text) > len(self.text):
+            delay = self.groups[-1][1] if self.groups else 0
+            self._pass_on(text, [], delay, time.monotonic() - self.s.opened, [])
 
     async def _write_token(self) -> Sampled | None:
         """One target token; it is fed with the next chunk at its allocated position."""
@@ -356,6 +370,7 @@ class SessionDecoder:
                 continue
             count = self._planned_words(read, written, source_done)
             written += await self._write_words(count, delay, read, written)
+        self._flush()
         return self._result()
 
     def _result(self) -> SessionResult:

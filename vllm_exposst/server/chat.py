@@ -176,6 +176,8 @@ async def _stream(
         await _feed(session, source)
         first = True
         async for piece in session:
+            if not piece.text:  # tokens of a character still unfinished
+                continue
             delta = {"content": piece.text}
             if first:
                 delta["role"] = "assistant"
@@ -267,6 +269,8 @@ async def _stream_talk(context: ServerContext, config, parts, meta: dict) -> Asy
                 done.append(item)
                 continue
             text = item.text
+            if not text:  # tokens of a character still unfinished
+                continue
             if index != last_index:  # a new sentence: a space once something was written
                 last_index, space = index, wrote
             if space and text.strip():

@@ -157,6 +157,8 @@ class RealtimeConnection:
         return sentence
 
     async def _send_delta(self, sentence: Sentence, piece: TargetPiece) -> None:
+        if not piece.text:  # tokens of a character still unfinished: nothing to show yet
+            return
         await self.send(
             {
                 "type": "response.output_text.delta",
