@@ -22,6 +22,9 @@ SIMUL_KEYS = (
     "max_sentence_words",
     "sentence_pause",
 )
+# limits that ``null`` switches off (a cut before the model's limit still applies); for
+# every other key ``null`` means the server's default, and an omitted key keeps its value
+SWITCHED_OFF_BY_NULL = ("max_sentence_words", "sentence_pause")
 
 
 @dataclass
@@ -43,6 +46,9 @@ class ServerContext:
             raise ValueError(f"unknown 'simul' option(s) {unknown}; known: {list(SIMUL_KEYS)}")
         lora = self.adapter_for(model)
         config = self.engine.session_config(lora=lora, **simul)
+        for key in SWITCHED_OFF_BY_NULL:
+            if key in simul and simul[key] is None:
+                setattr(config, key, None)
         config.validate()
         return config
 
