@@ -8,7 +8,7 @@ the recompute baseline on the same sentences for comparison.
 
 ``DEMO_MODEL=tiny-llama make demo`` (or ``--model``) is the reduced form for CI.  The
 default model serves the repository's ExPosST adapter, ``adapters/exposst-smollm2/``
-(trained as docs/results.md says); ``--no-adapter`` runs the base model.  A merged
+(trained as docs/results.md says); ``--base`` runs the base model.  A merged
 checkpoint (``exposst-merge``) runs with ``--model OUT``: its ``exposst.json`` sets the
 session defaults.  The dtype is the platform's (float32 on the CPU) unless ``--dtype``.
 """
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# the repository's adapter, found from the source tree (an editable install)
-DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "exposst-smollm2"
+from .shipped import add_weight_flags, chosen_adapter
+
 DEFAULT_RATE = 2.5  # words per second, an ordinary speaking rate
 
 
@@ -38,8 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("DEMO_MODEL", "default"),
         help="checkpoint folder, 'default' or tiny-llama (env DEMO_MODEL)",
     )
-    parser.add_argument("--adapter", type=Path, help=f"LoRA adapter (default {DEFAULT_ADAPTER})")
-    parser.add_argument("--no-adapter", action="store_true", help="the base model alone")
+    add_weight_flags(parser)
     parser.add_argument("--sentences", type=Path, default=Path("examples/sentences.en"))
     parser.add_argument("--references", type=Path, default=Path("examples/sentences.de"))
     parser.add_argument("--policy", default=None, help="default: the adapter's, else wait-3")
@@ -55,17 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dtype", default="auto", help="model dtype; auto: the platform's (float32 on the CPU)"
     )
     return parser.parse_args(argv)
-
-
-def pick_adapter(args: argparse.Namespace) -> Path | None:
-    """The adapter to serve: the one asked for, else the repo's one on the default model."""
-    if args.adapter is not None:
-        return args.adapter
-    if args.no_adapter:
-        return None
-    if args.model == "default" and (DEFAULT_ADAPTER / "adapter_config.json").exists():
-        return DEFAULT_ADAPTER
-    return None
 
 
 def session_config(engine: Any, args: argparse.Namespace, adapter: Path | None) -> Any:
@@ -160,7 +148,7 @@ async def run(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
     from .evaluation.runtime import engine_options, start_engine
 
     console = Console()
-    adapter = pick_adapter(args)
+    adapter = args.adapter  # chosen in main()
     with console.status(f"preparing {args.model} and starting the engine (about 30 s)"):
         options = engine_options(
             args.model, adapter, max_num_seqs=max(8, 2 * len(sources)), dtype=args.dtype
@@ -240,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sources = [s.strip() for s in args.sentences.read_text().splitlines() if s.strip()]
         references = [s.strip() for s in args.references.read_text().splitlines() if s.strip()]
-    except OSError as err:
+        args.adapter = chosen_adapter(args.model, args.adapter, args.base)
+    except (OSError, ValueError) as err:
         print(f"demo: {err}", file=sys.stderr)
         return 2
     if len(sources) != len(references) or not sources:

@@ -8,9 +8,11 @@ import time
 import pytest
 import torch
 
-from vllm_exposst import decode_cli, models
+from vllm_exposst import decode_cli, models, shipped
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
+
+from ..conftest import make_random_adapter, peft_model
 
 
 @pytest.mark.parametrize("arch, model_type", [("llama", "llama"), ("qwen2", "qwen2")])
@@ -80,6 +82,8 @@ def test_decode_cli_without_refeed_computes_each_token_once(model_cache, capsys)
         (["x", "--model", "tiny-llama", "--policy", "wait-zero"], "cannot parse policy"),
         (["--model", "tiny-llama"], "no source sentences"),
         (["x", "--model", "/nonexistent/model"], "not a checkpoint folder"),
+        (["x", "--model", "tiny-llama", "--adapter", "/nonexistent"], "no adapter_config.json"),
+        (["x", "--adapter", "adapters/exposst-smollm2", "--base"], "exclude each other"),
     ],
 )
 def test_decode_cli_bad_input_exits_2_with_a_message(model_cache, capsys, argv, message):
@@ -107,3 +111,41 @@ def test_default_model_translates_with_wait_3():
     assert 1 <= refeeds <= len(source.split()) - 3
     truncated = len(result.target_ids) >= 40  # the last target token is then never fed
     assert result.tokens_computed == minimum + refeeds - truncated
+
+
+def test_decode_cli_with_an_adapter_equals_the_reference_on_peft(model_cache, tmp_path, capsys):
+    base = models.tiny_model("llama", model_cache)
+    adapter = make_random_adapter(base, tmp_path / "adapter", seed=3)
+    source = "a dog runs in the park"
+    argv = [source, "--model", str(base), "--adapter", str(adapter), "--json"]
+    assert decode_cli.main([*argv, "--policy", "wait-2", "--slot-len", "3"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    template = build_prompt(models.load(base)[1])
+    ref = ReferenceDecoder(peft_model(base, adapter), template, slot_len=3).translate(
+        source, "wait-2"
+    )
+    assert record["translation"] == ref.text and record["delays"] == ref.delays
+    bare = ReferenceDecoder(models.load(base)[0], template, slot_len=3).translate(source, "wait-2")
+    assert bare.target_ids != ref.target_ids  # the adapter changed what was decoded
+
+
+@pytest.mark.realmodel
+def test_decode_cli_takes_the_shipped_adapter_and_its_settings_unless_base(capsys):
+    """The README's first decode: SmolLM2 with adapters/exposst-smollm2 at the policy and
+    slot length its exposst.json records; --base decodes the bare model."""
+    source = "A man is walking in the park."
+    assert decode_cli.main([source, "--json"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    meta = json.loads((shipped.DEFAULT_ADAPTER / "exposst.json").read_text())
+    assert record["policy"] == meta["inference_policy"]
+    model, tokenizer = models.load(models.default_model())
+    template = build_prompt(tokenizer)
+    tuned = peft_model(models.default_model(), shipped.DEFAULT_ADAPTER)
+    ref = ReferenceDecoder(tuned, template, slot_len=meta["slot_len"]).translate(
+        source, meta["inference_policy"]
+    )
+    assert record["translation"] == ref.text and record["delays"] == ref.delays
+    assert decode_cli.main([source, "--json", "--base"]) == 0
+    (bare,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    plain = ReferenceDecoder(model, template).translate(source, "wait-3")
+    assert bare["translation"] == plain.text != ref.text

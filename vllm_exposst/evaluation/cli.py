@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..defaults import DEFAULT_SLOT_LEN, MODES, SOURCE_LANG, TARGET_LANG
+from ..shipped import add_weight_flags, chosen_adapter
 from .data import Pair, load_pairs
 from .logs import write_config, write_instances, write_scores
 from .metrics import DEFAULT_SPEAKING_RATE, score_run
@@ -30,9 +31,20 @@ from .runtime import (
     start_engine,
 )
 
+EXAMPLES = """examples:
+  exposst-eval --source test.en --target test.de --limit 100            # shipped adapter
+  exposst-eval --source test.en --target test.de --modes exposst,recompute --policies wait-3,5
+  exposst-eval --adapter my-adapter --source dev.en --target dev.de --output out/mine
+"""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="exposst-eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="exposst-eval",
+        description=__doc__.split("\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--source", type=Path, required=True, help="one sentence per line")
     parser.add_argument("--target", type=Path, required=True, help="references, line by line")
     parser.add_argument("--start", type=int, default=0, help="first line (0-based)")
@@ -40,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", default="default", help="checkpoint folder, 'default' or tiny-llama/tiny-qwen2"
     )
-    parser.add_argument("--adapter", type=Path, help="PEFT LoRA adapter folder, served by vLLM")
+    add_weight_flags(parser)
     parser.add_argument(
         "--modes", "--methods", dest="modes", default=",".join(MODES), help="comma-separated"
     )
@@ -207,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not pairs:
             raise ValueError("the slice of the test set is empty")
+        args.adapter = chosen_adapter(args.model, args.adapter, args.base)
     except (OSError, ValueError) as err:
         print(f"exposst-eval: {err}", file=sys.stderr)
         return 2
