@@ -54,3 +54,6 @@ LISTEN_QUEUE = 1000  # events a listener may have unsent before it is dropped
 SUBTITLES_KEEP_SECONDS = 3600.0  # subtitles stay downloadable this long after the end
 SUBTITLES_MAX_SENTENCES = 5000  # finished sentences kept per session (older ones go)
 LISTEN_ENDED_SESSIONS = 64  # ended sessions whose subtitles are kept at most
+# browser origins, besides the server's own, that may open the WebSocket routes ("*":
+# all); a handshake without an Origin header (not a browser) is always let in
+ALLOWED_ORIGINS: tuple[str, ...] = ()

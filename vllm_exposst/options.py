@@ -6,10 +6,11 @@ serve`` with a clear message instead of failing a session later.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .defaults import (
+    ALLOWED_ORIGINS,
     DEFAULT_MODE,
     DEFAULT_POLICY,
     DEFAULT_REFEED,
@@ -28,6 +29,7 @@ from .defaults import (
     TARGET_LANG,
 )
 from .policies import Policy, parse_policy
+from .server.origins import parse_allowed_origins
 
 
 class SettingError(ValueError):
@@ -100,6 +102,8 @@ class ExposstOptions(TranslationSettings):
     subtitles_max_sentences: int = SUBTITLES_MAX_SENTENCES  # kept per session
     # characters of client frames a WebSocket connection holds before its talk takes them
     input_queue_chars: int = MAX_QUEUED_INPUT_CHARS
+    # browser pages (besides the server's own) that may open the WebSockets, or "*"
+    allowed_origins: list[str] | str = field(default_factory=lambda: list(ALLOWED_ORIGINS))
 
     def __post_init__(self) -> None:
         def fail(key: str, what: str) -> None:
@@ -134,6 +138,10 @@ class ExposstOptions(TranslationSettings):
             not isinstance(self.idle_timeout, int | float) or self.idle_timeout <= 0
         ):
             fail("idle_timeout", "must be a number of seconds > 0 (or null for none)")
+        try:
+            parse_allowed_origins(self.allowed_origins)
+        except ValueError as err:
+            fail("allowed_origins", str(err))
 
     @classmethod
     def from_additional_config(cls, additional: dict[str, Any] | None) -> ExposstOptions:

@@ -9,6 +9,7 @@ from typing import Any
 from ..defaults import target_token_limit
 from ..engine import SessionConfig, SessionTooLong, SimulEngine, UnknownModelError
 from .listeners import ListenerRegistry, ListenSettings
+from .origins import OriginPolicy
 
 # request keys that select how a sentence is translated (``simul`` object, session.update)
 SIMUL_KEYS = (
@@ -35,6 +36,8 @@ class ServerContext:
     listeners: ListenerRegistry = field(default_factory=lambda: ListenerRegistry(ListenSettings()))
     # live WebSocket connections (realtime.py): told when the engine core dies
     connections: set[Any] = field(default_factory=set)
+    # browser pages that may open the WebSocket routes (exposst.allowed_origins)
+    origins: OriginPolicy = field(default_factory=OriginPolicy)
 
     def session_config(self, model: str | None, simul: dict[str, Any] | None) -> SessionConfig:
         """Validate a request's model and ``simul`` options into a session config."""
@@ -102,4 +105,6 @@ async def create_context(engine_client: Any, state: Any) -> ServerContext:
     models = state.openai_serving_models
     engine = SimulEngine(engine_client, tokenizer, lora_requests=models.lora_requests)
     listeners = ListenerRegistry(ListenSettings.from_options(engine.options))
-    return ServerContext(engine, [path.name for path in models.base_model_paths], listeners)
+    origins = OriginPolicy.from_option(engine.options.allowed_origins)
+    served = [path.name for path in models.base_model_paths]
+    return ServerContext(engine, served, listeners, origins=origins)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from pathlib import Path
 
 from fastapi import WebSocket
@@ -24,7 +25,10 @@ STATIC = Path(__file__).parent / "static"
 PAGES = {
     "captions": ("captions.html", "text/html"),
     "captions.js": ("captions.js", "text/javascript"),
+    "captions.css": ("captions.css", "text/css"),
 }
+# a Host header that may go into the policy as it is: name or [IPv6], optional port
+HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 RELEASE_GRACE = 2.0  # seconds a released listener's last events get before it is cut off
 CLOSE_TIMEOUT = 5.0  # a stalled client must not hold the handler in the closing handshake
 CLOSE_CODES = {"ended": 1000, "too_slow": 1013}  # 1013: try again later
@@ -102,7 +106,27 @@ def subtitles(registry: ListenerRegistry, name: str, token: str | None, track: s
     )
 
 
-def page(name: str) -> Response:
-    """The caption page and its script, shipped in the package (no CDN, no build)."""
+def content_security_policy(host: str | None) -> str:
+    """What the caption page needs, nothing more: its script and style from this
+    server, its WebSocket and subtitle requests to it.  ``connect-src 'self'`` does
+    not cover ``ws:``/``wss:`` in every browser (CSP level 2), so the host is named."""
+    connect = "'self'"
+    if host and HOST.fullmatch(host):
+        connect += f" ws://{host} wss://{host}"
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        f"connect-src {connect}; base-uri 'none'; form-action 'none'"
+    )
+
+
+def page(name: str, host: str | None) -> Response:
+    """The caption page, its script and style, shipped in the package (no CDN, no
+    build), with a policy that lets nothing else run, and no ``Referer`` (the page's
+    address carries the listen token)."""
     filename, media_type = PAGES[name]
-    return FileResponse(STATIC / filename, media_type=media_type)
+    headers = {
+        "Content-Security-Policy": content_security_policy(host),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    return FileResponse(STATIC / filename, media_type=media_type, headers=headers)
