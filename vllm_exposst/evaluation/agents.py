@@ -42,6 +42,7 @@ from simuleval.agents import AgentStates, ReadAction, TextToTextAgent, WriteActi
 
 from ..defaults import DEFAULT_POLICY, DEFAULT_SLOT_LEN, MODES, SOURCE_LANG, TARGET_LANG
 from ..engine import LoopThread, Session, SessionConfig, TargetPiece
+from ..shipped import add_weight_flags, chosen_adapter
 from .runtime import ADAPTER_NAME, engine_options, start_engine
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,8 @@ class ExposstAgent(SessionAgent):
     ) -> None:
         self.session: Session | None = None
         super().__init__(args)  # calls reset()
-        if engine is None:
+        if engine is None:  # its own engine: the shipped adapter unless told otherwise
+            args.adapter = chosen_adapter(args.model, args.adapter, args.base)
             self._loop = LoopThread()
             options = engine_options(
                 args.model, args.adapter, max_num_seqs=4, max_model_len=args.max_model_len
@@ -194,9 +196,7 @@ class ExposstAgent(SessionAgent):
         parser.add_argument(
             "--model", default="default", help="checkpoint folder, 'default' or tiny-llama"
         )
-        parser.add_argument(
-            "--adapter", default=None, help="PEFT LoRA adapter folder (its exposst.json applies)"
-        )
+        add_weight_flags(parser)  # the adapter's exposst.json applies
         # unset options come from the adapter's exposst.json, else the defaults
         parser.add_argument(
             "--policy", default=None, help=f"e.g. wait-3 (default {DEFAULT_POLICY})"
