@@ -71,7 +71,9 @@ def test_the_talk_player_prints_each_sentence_in_order_and_saves_subtitles(
     with urllib.request.urlopen(page.removeprefix("caption page: ")) as reply:
         assert reply.status == 200 and "text/html" in reply.headers["content-type"]
     cues = webvtt.read(str(vtt)).captions
-    assert [html.unescape(cue.text) for cue in cues] == [one_line(text) for text in refs if text.strip()]
+    assert [html.unescape(cue.text) for cue in cues] == [
+        one_line(text) for text in refs if text.strip()
+    ]
 
 
 def test_the_talk_player_names_a_missing_file(tmp_path):
