@@ -51,6 +51,7 @@ def target_token_limit(source_tokens: int, cap: int | None = None) -> int:
 # -- listeners and subtitles (server/listeners.py, docs/api.md "Listeners") ----------
 LISTEN_HISTORY = 20  # finished sentences a listener gets when it joins mid-talk
 LISTEN_QUEUE = 1000  # events a listener may have unsent before it is dropped
+MAX_LISTENERS = 1000  # listeners one server follows at once (all sessions); more get 429
 SUBTITLES_KEEP_SECONDS = 3600.0  # subtitles stay downloadable this long after the end
 SUBTITLES_MAX_SENTENCES = 5000  # finished sentences kept per session (older ones go)
 LISTEN_ENDED_SESSIONS = 64  # ended sessions whose subtitles are kept at most

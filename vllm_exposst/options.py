@@ -18,6 +18,7 @@ from .defaults import (
     DEFAULT_SLOT_LEN,
     LISTEN_HISTORY,
     LISTEN_QUEUE,
+    MAX_LISTENERS,
     MAX_QUEUED_INPUT_CHARS,
     MAX_SENTENCE_WORDS,
     MODES,
@@ -98,6 +99,7 @@ class ExposstOptions(TranslationSettings):
     idle_timeout: float | None = 300.0  # seconds without activity before a session is closed
     listen_history: int = LISTEN_HISTORY  # finished sentences a late listener gets
     listen_queue: int = LISTEN_QUEUE  # events a listener may lag before it is dropped
+    max_listeners: int = MAX_LISTENERS  # listeners at once, all sessions (429 past it)
     subtitles_keep: float = SUBTITLES_KEEP_SECONDS  # seconds subtitles outlive a session
     subtitles_max_sentences: int = SUBTITLES_MAX_SENTENCES  # kept per session
     # characters of client frames a WebSocket connection holds before its talk takes them
@@ -124,6 +126,7 @@ class ExposstOptions(TranslationSettings):
         for key in (
             "listen_history",
             "listen_queue",
+            "max_listeners",
             "subtitles_max_sentences",
             "input_queue_chars",
         ):

@@ -338,3 +338,38 @@ def test_the_listen_route_cuts_off_a_stalled_client_and_refuses_bad_tokens(monke
     assert reading.sent[-1]["type"] == "session.ended" and reading.closed == 1000
     assert not refused.accepted and refused.denied.status_code == 401
     assert json.loads(refused.denied.body)["error"]["code"] == "missing_listen_token"
+
+
+def test_listeners_past_the_servers_cap_get_429_with_retry_after_until_one_leaves():
+    async def scenario():
+        registry = ListenerRegistry(ListenSettings(max_listeners=2))
+        a, b = registry.open("sess_a"), registry.open("sess_b")
+        following = [FakeSocket({"session": "sess_a", "token": a.token}) for _ in range(2)]
+        tasks = [asyncio.ensure_future(listen(ws, registry)) for ws in following]
+        await asyncio.sleep(0.05)
+        refused = FakeSocket({"session": "sess_b", "token": b.token})  # the cap is server-wide
+        await listen(refused, registry)
+        counted = registry.stats()["listeners"]
+        registry.close(a)  # the talk ends: its listeners leave
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        later = FakeSocket({"session": "sess_b", "token": b.token})
+        task = asyncio.ensure_future(listen(later, registry))
+        await asyncio.sleep(0.05)
+        registry.close(b)
+        await asyncio.wait_for(task, 5)
+        return following, refused, counted, later
+
+    following, refused, counted, later = asyncio.run(scenario())
+    assert all(ws.accepted for ws in following) and counted == 2
+    assert not refused.accepted and refused.denied.status_code == 429
+    assert refused.denied.headers["retry-after"] == "1"
+    assert json.loads(refused.denied.body)["error"]["code"] == "too_many_listeners"
+    assert later.accepted and later.sent[0]["type"] == "listen.started"
+
+
+def test_the_listener_cap_is_an_option_validated_at_start_up():
+    options = ExposstOptions.from_additional_config({"exposst": {"max_listeners": 7}})
+    assert ListenSettings.from_options(options).max_listeners == 7
+    for bad in (0, -1, "many", True):
+        with pytest.raises(ValueError, match="exposst.max_listeners"):
+            ExposstOptions.from_additional_config({"exposst": {"max_listeners": bad}})

@@ -29,6 +29,7 @@ from ..defaults import (
     LISTEN_ENDED_SESSIONS,
     LISTEN_HISTORY,
     LISTEN_QUEUE,
+    MAX_LISTENERS,
     SUBTITLES_KEEP_SECONDS,
     SUBTITLES_MAX_SENTENCES,
 )
@@ -48,6 +49,7 @@ class ListenSettings:
     keep_after_end: float = SUBTITLES_KEEP_SECONDS  # subtitles downloadable after the end
     max_sentences: int = SUBTITLES_MAX_SENTENCES  # finished sentences kept per session
     max_ended: int = LISTEN_ENDED_SESSIONS  # ended sessions whose subtitles are kept
+    max_listeners: int = MAX_LISTENERS  # listeners at once over all sessions
 
     @classmethod
     def from_options(cls, options: Any) -> ListenSettings:
@@ -57,6 +59,7 @@ class ListenSettings:
             "queue": "listen_queue",
             "keep_after_end": "subtitles_keep",
             "max_sentences": "subtitles_max_sentences",
+            "max_listeners": "max_listeners",
         }
         values = {
             key: getattr(options, name) for key, name in names.items() if hasattr(options, name)
@@ -296,7 +299,7 @@ class ListenerRegistry:
         """For ``/v1/simul/stats``: live sessions' listeners, drops since the start."""
         live = [hub for hub in self.hubs.values() if hub.ended_at is None]
         return {
-            "listeners": sum(len(hub.listeners) for hub in live),
+            "listeners": self.listening(),
             "listened_sessions": sum(1 for hub in live if hub.listeners),
             "subtitle_sessions": len(self.hubs),
             **self.counters,
@@ -358,4 +361,16 @@ class ListenerRegistry:
                 "session_ended",
                 "session",
             )
+        if listening and self.listening() >= self.settings.max_listeners:
+            raise ApiError(
+                429,
+                f"this server follows {self.settings.max_listeners} listeners already "
+                "(exposst.max_listeners): try again later, or download the subtitles",
+                "rate_limit_error",
+                "too_many_listeners",
+            )
         return hub
+
+    def listening(self) -> int:
+        """Listeners following live sessions now, over all sessions."""
+        return sum(len(hub.listeners) for hub in self.hubs.values() if hub.ended_at is None)
