@@ -29,8 +29,8 @@ from .defaults import (
     SUBTITLES_MAX_SENTENCES,
     TARGET_LANG,
 )
+from .origins import parse_allowed_origins
 from .policies import Policy, parse_policy
-from .server.origins import parse_allowed_origins
 
 
 class SettingError(ValueError):

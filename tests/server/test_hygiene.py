@@ -21,8 +21,8 @@ from uvicorn.logging import AccessFormatter
 
 from vllm_exposst import models
 from vllm_exposst.options import ExposstOptions
+from vllm_exposst.origins import OriginPolicy
 from vllm_exposst.server.listen import content_security_policy
-from vllm_exposst.server.origins import OriginPolicy
 from vllm_exposst.server.redact import TokenRedactor
 
 from .test_listeners import SENTENCES, ListenServer, Speaker, follow

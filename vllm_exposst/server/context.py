@@ -8,8 +8,8 @@ from typing import Any
 
 from ..defaults import target_token_limit
 from ..engine import SessionConfig, SessionTooLong, SimulEngine, UnknownModelError
+from ..origins import OriginPolicy
 from .listeners import ListenerRegistry, ListenSettings
-from .origins import OriginPolicy
 
 # request keys that select how a sentence is translated (``simul`` object, session.update)
 SIMUL_KEYS = (

@@ -9,12 +9,12 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 
+from ..origins import OriginPolicy
 from . import engine_death, redact
 from .chat import chat_completions
 from .context import ServerContext, create_context
 from .errors import ApiError
 from .listen import listen, page, refusal, subtitles
-from .origins import OriginPolicy
 from .realtime import realtime
 
 logger = logging.getLogger("vllm.exposst.routes")  # under vLLM's handler: in the server log
