@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup test test-fast test-scale-out test-browser demo lint format clean
+.PHONY: setup test test-fast test-scale-out test-browser fuzz demo lint format clean
 
 setup:
 	@bash scripts/setup.sh
@@ -13,6 +13,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not realmodel and not engine and not server"
+
+# The realtime protocol under thousands of random event sequences (make test runs 12).
+fuzz: setup
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest tests/server/test_fuzz.py
 
 # Two servers behind nginx on loopback (docs/deploy.md); installs nginx-light (Debian, root).
 test-scale-out: setup
