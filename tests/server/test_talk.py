@@ -732,7 +732,7 @@ def test_null_word_cap_and_pause_let_a_long_unpunctuated_sentence_wait_for_its_c
 
     async def scenario():
         client = await Client.open(server, off)
-        await client.append(source)
+        await client.append(source + " ")  # every word complete: none waits for the commit
         with contextlib.suppress(TimeoutError):  # past the default pause: nothing ends it
             await client.until(lambda e: e["type"].endswith(".done"), SENTENCE_PAUSE + 1.5)
         early = [e for e in client.events if e["type"] == "response.output_text.done"]

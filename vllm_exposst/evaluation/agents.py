@@ -219,13 +219,17 @@ class ExposstAgent(SessionAgent):
 
     def start_sentence(self) -> WordSplitter:
         self.session = self.run(self.engine.open(self.config))
+        self.received = ""  # the pieces' texts so far, joined (as a server's deltas)
         return WordSplitter(self.session.template.decode)
 
     def step(self, new_words: list[str], finish: bool) -> tuple[list[WrittenWord], bool]:
+        """The words the pieces' texts add: the session holds back an unfinished UTF-8
+        character, so SimulEval gets the words a server's client gets, never half of one."""
         self.run(self._push(new_words, finish))
         pieces, ended = self.run(collect(self.session))
-        batch = [token for piece in pieces for token in piece.token_ids]
-        written = self.words.add(batch, self.pushed) if batch else []
+        added = "".join(piece.text for piece in pieces)
+        self.received += added
+        written = self.words.add_text(self.received, self.pushed) if added else []
         if ended:
             final_text = self.run(self.session.result()).text
             if final_text != self.words.text:
