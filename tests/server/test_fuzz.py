@@ -32,7 +32,7 @@ from .test_talk import oracle, server  # noqa: F401  (module fixtures: one serve
 
 pytestmark = pytest.mark.server
 API = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
-ERROR_CODES = set(re.findall(r"\| `([a-z_]+)`(?: / `([a-z_]+)`)*", API.split("## Errors")[1]))
+ERROR_CODES = set(re.findall(r"\| `([a-z0-9_]+)`(?: / `([a-z0-9_]+)`)*", API.split("## Errors")[1]))
 ERROR_CODES = {code for pair in ERROR_CODES for code in pair if code}
 SERVER_EVENTS = {
     "session.created",
@@ -44,6 +44,7 @@ SERVER_EVENTS = {
 }
 GOOD_SOURCE = "a man walks in the red park with two dogs"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+DERANDOMIZE = "FUZZ_EXAMPLES" not in os.environ  # make test: the same cases every run
 
 words = st.sampled_from(["a", "man", "walks", "park", "Der", "Mann.", "ü", "😀", "?", "\n"])
 texts = st.one_of(
@@ -117,11 +118,19 @@ async def well_behaved(url: str) -> dict:
 
 
 def test_the_error_table_was_read():
-    assert {"invalid_json", "invalid_event", "input_too_large", "invalid_text"} <= ERROR_CODES
+    documented = {
+        "invalid_json",
+        "invalid_event",
+        "input_too_large",
+        "invalid_text",
+        "invalid_utf8",
+    }
+    assert documented <= ERROR_CODES
 
 
 @settings(
     max_examples=EXAMPLES,
+    derandomize=DERANDOMIZE,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -138,10 +147,14 @@ def test_random_event_sequences_get_documented_answers_and_leave_nothing_behind(
             asyncio.gather(fuzz(server.ws_url, frames, ending), well_behaved(server.ws_url)), 240
         )
 
-    received, done = asyncio.run(scenario())
+    received, beside = asyncio.run(scenario())
     for event in received:
         check_event(event)
-    assert done["text"] == oracle(GOOD_SOURCE).text
+    # the session beside it was served to its end; batched with the fuzzed one, float32
+    # sums may flip a near-tie of the random model, so the exact check runs alone after
+    assert beside["text"] and beside["source"] == GOOD_SOURCE
+    alone = asyncio.run(asyncio.wait_for(well_behaved(server.ws_url), 240))
+    assert alone["text"] == oracle(GOOD_SOURCE).text
     stats = server.all_free()
     assert stats["open_sessions"] == 0 and stats["free_blocks"] == stats["total_blocks"], stats
     server.log.flush()
