@@ -89,6 +89,10 @@ class WordSplitter:
         self.ids += token_ids
         return self.add_text(self.decode(self.ids), delay)
 
+    def extend(self, added: str, delay: int) -> list[WrittenWord]:
+        """The words that ``added`` (a piece's or a delta's text) adds, written at ``delay``."""
+        return self.add_text(self.text + added, delay) if added else []
+
     def add_text(self, text: str, delay: int) -> list[WrittenWord]:
         """The words the translation so far, now ``text``, adds, written at ``delay``."""
         before = self.text.split()
@@ -219,7 +223,6 @@ class ExposstAgent(SessionAgent):
 
     def start_sentence(self) -> WordSplitter:
         self.session = self.run(self.engine.open(self.config))
-        self.received = ""  # the pieces' texts so far, joined (as a server's deltas)
         return WordSplitter(self.session.template.decode)
 
     def step(self, new_words: list[str], finish: bool) -> tuple[list[WrittenWord], bool]:
@@ -227,9 +230,7 @@ class ExposstAgent(SessionAgent):
         character, so SimulEval gets the words a server's client gets, never half of one."""
         self.run(self._push(new_words, finish))
         pieces, ended = self.run(collect(self.session))
-        added = "".join(piece.text for piece in pieces)
-        self.received += added
-        written = self.words.add_text(self.received, self.pushed) if added else []
+        written = self.words.extend("".join(piece.text for piece in pieces), self.pushed)
         if ended:
             final_text = self.run(self.session.result()).text
             if final_text != self.words.text:
