@@ -37,7 +37,9 @@ LONG_WORDS = [w for w in ENGLISH_WORDS if len(w) > 1]  # "a." would read as an i
 class TalkServer:
     """``vllm serve`` with a short idle timeout (the pause tests wait past it)."""
 
-    def __init__(self, base: Path, log: Path, input_queue_chars: int | None = None) -> None:
+    def __init__(
+        self, base: Path, log: Path, input_queue_chars: int | None = None, *extra: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/simul/realtime"
@@ -52,7 +54,16 @@ class TalkServer:
             }
         }
         command = serve_command(
-            base, options, self.port, "--host", "127.0.0.1", "--max-num-seqs", "16", "--seed", "0"
+            base,
+            options,
+            self.port,
+            "--host",
+            "127.0.0.1",
+            "--max-num-seqs",
+            "16",
+            "--seed",
+            "0",
+            *extra,
         )
         self.log = log.open("w")
         self.process = subprocess.Popen(
@@ -66,11 +77,17 @@ class TalkServer:
         return self.http.get(f"{self.url}/v1/simul/stats").json()
 
     def all_free(self, timeout: float = 30, poll: float = 0.2) -> dict:
-        """Stats once no session is open and every KV block is free (or the last seen)."""
+        """Stats once no session is open, no request is queued or running and every KV
+        block is free (or the last seen)."""
         deadline = time.monotonic() + timeout
         while True:
             stats = self.stats()
-            if stats["open_sessions"] == 0 and stats["free_blocks"] == stats["total_blocks"]:
+            idle = stats["running_requests"] == stats["waiting_requests"] == 0
+            if (
+                idle
+                and stats["open_sessions"] == 0
+                and stats["free_blocks"] == stats["total_blocks"]
+            ):
                 return stats
             if time.monotonic() > deadline:
                 return stats
