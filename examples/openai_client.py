@@ -10,6 +10,8 @@ the server as the policy reads it, and each chunk carries the words written so f
 from __future__ import annotations
 
 import argparse
+import os
+import re
 
 from openai import OpenAI
 
@@ -17,13 +19,17 @@ from openai import OpenAI
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sentence")
-    parser.add_argument("--url", default="http://localhost:8000", help="the vllm serve address")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("EXPOSST_URL", "http://localhost:8000"),
+        help="the vllm serve address, http:// or ws:// (default: $EXPOSST_URL or localhost:8000)",
+    )
     parser.add_argument("--model", default="ende", help="a served adapter or model name")
     parser.add_argument("--policy", default="wait-3")
     parser.add_argument("--api-key", default="unused", help="the server's --api-key, if any")
     args = parser.parse_args()
 
-    client = OpenAI(base_url=f"{args.url}/v1/simul", api_key=args.api_key)
+    client = OpenAI(base_url=f"{re.sub('^ws', 'http', args.url)}/v1/simul", api_key=args.api_key)
     stream = client.chat.completions.create(
         model=args.model,
         messages=[{"role": "user", "content": args.sentence}],

@@ -2,7 +2,7 @@
 cutting it into sentences, the translation printed as it grows, sentence by sentence.
 
     python examples/talk_player.py talk.en
-    python examples/talk_player.py talk.en --rate 2.5 --url ws://localhost:8000 --model ende \\
+    python examples/talk_player.py talk.en --rate 2.5 --url http://localhost:8000 --model ende \\
         --subtitles talk.vtt
 
 It prints the caption page's address first: open it in a browser (or give it to the
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import sys
 import urllib.request
 from urllib.parse import urlencode
@@ -57,12 +59,12 @@ async def play(args: argparse.Namespace) -> str:
 
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     async with websockets.connect(
-        f"{args.url}/v1/simul/realtime", additional_headers=headers
+        f"{re.sub('^http', 'ws', args.url)}/v1/simul/realtime", additional_headers=headers
     ) as ws:
         session = json.loads(await ws.recv())["session"]
         update = {"model": args.model, "segmentation": "auto"}
         await ws.send(json.dumps({"type": "session.update", "session": update}))
-        http = args.url.replace("ws", "http", 1)
+        http = re.sub("^ws", "http", args.url)
         listen = urlencode({"session": session["id"], "token": session["listen_token"]})
         print(f"caption page: {http}/simul/captions?{listen}", file=sys.stderr)
         words = args.talk.read_text(encoding="utf-8").split()
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("talk", type=Path, help="the talk's text (UTF-8)")
-    parser.add_argument("--url", default="ws://localhost:8000", help="the vllm serve address")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("EXPOSST_URL", "http://localhost:8000"),
+        help="the vllm serve address, http:// or ws:// (default: $EXPOSST_URL or localhost:8000)",
+    )
     parser.add_argument("--model", default="ende", help="a served adapter or model name")
     parser.add_argument("--rate", type=float, default=2.5, help="words per second")
     parser.add_argument("--api-key", help="the server's --api-key, if any")

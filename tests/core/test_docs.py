@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ..markdown_blocks import blocks
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "api.md"]
 COMMANDS = {
@@ -27,10 +29,7 @@ COMMANDS = {
 
 def shell_lines(path: Path) -> list[str]:
     """Each command of the file's ```bash blocks, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
-    text = "\n".join(blocks).replace("\\\n", " ")
-    lines = [line.split(" #", 1)[0].strip() for line in text.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+    return [line for block in blocks(path) if block.language == "bash" for line in block.commands()]
 
 
 def documented_calls() -> list[tuple[str, str, list[str]]]:
