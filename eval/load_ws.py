@@ -213,6 +213,7 @@ def start_server(
     max_num_seqs: int = 64,
     dtype: str = "float32",
     compiled: bool = False,
+    options: dict | None = None,
 ) -> subprocess.Popen:
     from vllm_exposst import models
     from vllm_exposst.evaluation.runtime import lora_rank, lora_targets
@@ -230,6 +231,7 @@ def start_server(
         max_num_seqs=max_num_seqs,
         extra=extra,
         eager=not compiled,
+        options=options,
     )
     process = start(command)
     wait_healthy(process, url.replace("ws://", "http://"))

@@ -35,10 +35,12 @@ def serve_command(
     max_model_len: int = 2048,
     extra: Sequence[str] = (),
     eager: bool = True,
+    options: dict | None = None,
 ) -> list[str]:
     """float32, eager (a fast start; ``eager=False``: vLLM's torch.compile, as the
-    README's command runs), ExPosST's scheduler, ``max_sessions`` = ``max_num_seqs``."""
-    options = {"exposst": {"max_sessions": max_num_seqs}}
+    README's command runs), ExPosST's scheduler, ``max_sessions`` = ``max_num_seqs``
+    (and the other ``exposst`` ``options`` given)."""
+    options = {"exposst": {"max_sessions": max_num_seqs, **(options or {})}}
     return [
         str(Path(sys.executable).parent / "vllm"), "serve", str(model),
         "--scheduler-cls", "vllm_exposst.scheduler.ExposstScheduler",

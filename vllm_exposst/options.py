@@ -95,6 +95,8 @@ class ExposstOptions(TranslationSettings):
     """Server-wide defaults for sessions, and the server's limits."""
 
     max_sessions: int | None = None  # default: the engine's max_num_seqs
+    # realtime connections (speakers) at once; one more gets too_many_speakers and a close
+    max_speakers: int | None = None  # default: max_sessions
     session_max_tokens: int = 512  # KV reserved per session at admission
     idle_timeout: float | None = 300.0  # seconds without activity before a session is closed
     listen_history: int = LISTEN_HISTORY  # finished sentences a late listener gets
@@ -121,6 +123,12 @@ class ExposstOptions(TranslationSettings):
             not isinstance(self.max_sessions, int) or self.max_sessions < 1
         ):
             fail("max_sessions", "must be an integer >= 1")
+        if self.max_speakers is not None and (
+            not isinstance(self.max_speakers, int)
+            or isinstance(self.max_speakers, bool)
+            or self.max_speakers < 1
+        ):
+            fail("max_speakers", "must be an integer >= 1 (or null: max_sessions)")
         if not isinstance(self.session_max_tokens, int) or self.session_max_tokens < 1:
             fail("session_max_tokens", "must be an integer >= 1")
         for key in (

@@ -31,6 +31,7 @@ from ..conftest import make_random_adapter, peft_model, random_sentence
 pytestmark = pytest.mark.server
 API_KEY = "test-key"
 MAX_SESSIONS = 40
+MAX_SPEAKERS = MAX_SESSIONS + 5  # above the slots: a connection past them meets too_many_sessions
 CAP = 20
 
 
@@ -82,7 +83,14 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/simul/realtime"
         self.base, self.adapters = base, adapters
-        options = {"exposst": {"policy": "wait-2", "slot_len": 4, "max_sessions": MAX_SESSIONS}}
+        options = {
+            "exposst": {
+                "policy": "wait-2",
+                "slot_len": 4,
+                "max_sessions": MAX_SESSIONS,
+                "max_speakers": MAX_SPEAKERS,
+            }
+        }
         command = serve_command(
             base,
             options,
@@ -465,6 +473,66 @@ def test_bad_events_too_many_sessions_and_disconnects_leave_the_server_clean(ser
     source = "the boy plays with a ball"
     out = asyncio.run(live(server, [source]))
     assert out["done"]["text"] == oracle(source, cap=None).text
+
+
+def test_speakers_past_max_speakers_get_an_error_event_and_close_1013_until_one_leaves(
+    server,
+    oracle,
+):
+    """The speakers already in are served as before; a refused one may come back."""
+    source = "a man walks in the park"
+
+    async def connect():
+        return await websockets.connect(server.ws_url, additional_headers=server.headers())
+
+    async def scenario():
+        speakers = [await connect() for _ in range(MAX_SPEAKERS)]
+        created = [json.loads(await ws.recv())["type"] for ws in speakers]
+        counted = server.stats()
+        refused = await connect()
+        event = json.loads(await refused.recv())
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+            await refused.recv()
+        # a speaker already in still translates, at once
+        ws = speakers[0]
+        await ws.send(json.dumps({"type": "input_text.append", "text": source}))
+        await ws.send(json.dumps({"type": "input_text.commit"}))
+        while (done := json.loads(await ws.recv()))["type"] != "response.output_text.done":
+            pass
+        await speakers.pop().close()  # one leaves: a newcomer is admitted
+        deadline = time.monotonic() + 10
+        while server.stats()["speakers"] >= MAX_SPEAKERS and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        later = await connect()
+        admitted = json.loads(await later.recv())["type"]
+        for ws in [*speakers, later]:
+            await ws.close()
+        return created, counted, event, closed.value, done, admitted
+
+    created, counted, event, closed, done, admitted = asyncio.run(scenario())
+    assert created == ["session.created"] * MAX_SPEAKERS
+    assert counted["speakers"] == counted["max_speakers"] == MAX_SPEAKERS
+    assert event["type"] == "error" and event["error"]["code"] == "too_many_speakers"
+    assert event["error"]["retry_after"] >= 1 and "max_speakers" in event["error"]["message"]
+    assert closed.rcvd is not None and closed.rcvd.code == 1013
+    assert done["text"] == oracle(source, cap=None).text
+    assert admitted == "session.created"
+    stats = server.stats()
+    deadline = time.monotonic() + 30
+    while stats["speakers"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stats = server.stats()
+    assert stats["speakers"] == 0 and stats["open_sessions"] == 0, stats
+
+
+def test_the_speaker_cap_is_an_option_validated_at_start_up():
+    from vllm_exposst.options import ExposstOptions
+
+    assert ExposstOptions.from_additional_config({"exposst": {"max_speakers": 7}}).max_speakers == 7
+    assert ExposstOptions.from_additional_config({}).max_speakers is None  # max_sessions
+    for bad in (0, -1, "many", True, 2.5):
+        with pytest.raises(ValueError, match="exposst.max_speakers"):
+            ExposstOptions.from_additional_config({"exposst": {"max_speakers": bad}})
 
 
 def test_metrics_count_sessions_and_words(server):

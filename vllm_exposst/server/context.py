@@ -39,6 +39,11 @@ class ServerContext:
     # browser pages that may open the WebSocket routes (exposst.allowed_origins)
     origins: OriginPolicy = field(default_factory=OriginPolicy)
 
+    @property
+    def max_speakers(self) -> int:
+        """Realtime connections served at once (``exposst.max_speakers``, else max_sessions)."""
+        return self.engine.options.max_speakers or self.engine.max_sessions
+
     def session_config(self, model: str | None, simul: dict[str, Any] | None) -> SessionConfig:
         """Validate a request's model and ``simul`` options into a session config."""
         simul = simul or {}

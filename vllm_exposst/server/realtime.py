@@ -35,7 +35,7 @@ from ..engine import EngineDead, SessionRejected, TargetPiece
 from . import metrics
 from .context import SIMUL_KEYS, ServerContext
 from .engine_death import engine_died
-from .errors import ApiError, api_error
+from .errors import RETRY_AFTER_SECONDS, ApiError, api_error
 from .inbox import Dropped, Inbox
 from .talk import COMMIT, Sentence, Talk
 
@@ -69,7 +69,7 @@ class RealtimeConnection:
         error = api_error(exc)
         body = {**error.body()["error"], **details}
         if error.status == 429:
-            body["retry_after"] = 1
+            body["retry_after"] = RETRY_AFTER_SECONDS
         if event_type:
             body["event_type"] = event_type
         event: dict[str, Any] = {"type": "error", "error": body}
@@ -347,8 +347,29 @@ async def handle_events(connection: RealtimeConnection, inbox: Inbox) -> None:
             await connection.send_error(exc, kind)
 
 
+async def refuse_speaker(websocket: WebSocket, limit: int) -> None:
+    """Past ``max_speakers``: a ``too_many_speakers`` error, then close 1013 (try again
+    later).  An event, not an HTTP 429 at the handshake, because a browser's WebSocket
+    cannot read a refused handshake's status; the speakers already in keep their pace."""
+    metrics.SESSIONS_REJECTED.inc()
+    error = ApiError(
+        429,
+        f"this server serves {limit} live speakers already (exposst.max_speakers): "
+        f"try again in {RETRY_AFTER_SECONDS} s",
+        "rate_limit_error",
+        "too_many_speakers",
+    )
+    body = {**error.body()["error"], "retry_after": RETRY_AFTER_SECONDS}
+    with contextlib.suppress(Exception):
+        await websocket.send_json({"type": "error", "error": body})
+        await websocket.close(code=1013, reason="too many speakers")
+
+
 async def realtime(websocket: WebSocket, context: ServerContext) -> None:
     await websocket.accept()
+    if len(context.connections) >= context.max_speakers:
+        await refuse_speaker(websocket, context.max_speakers)
+        return
     connection = RealtimeConnection(websocket, context)
     context.connections.add(connection)
     tasks: list[asyncio.Task] = []

@@ -71,6 +71,8 @@ class ExposstRoutes:
             return {
                 **stats,
                 "open_sessions": len(engine.sessions),
+                "speakers": len(context.connections),
+                "max_speakers": context.max_speakers,
                 "dtype": engine.dtype,
                 **context.listeners.stats(),
             }
