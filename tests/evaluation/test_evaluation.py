@@ -164,27 +164,19 @@ def test_load_pairs_slices_and_checks(tmp_path):
 
 
 def test_word_splitter_marks_words_that_go_on_after_a_read():
-    vocab = {1: "Ein", 2: " Mann", 3: "es", 4: " geht", 5: ".", 6: "\u00c3", 7: "\u00bc"}
-
-    def decode(ids):  # byte-level: 6 and 7 are the two bytes of "ü"
-        text = "".join(vocab[i] for i in ids).encode("latin-1").decode("utf-8", "replace")
-        return text.strip()
-
     W = agents.WrittenWord
-    words = agents.WordSplitter(decode)
-    assert words.add([1, 2], delay=1) == [W("Ein", 1), W("Mann", 1)]
-    assert words.add([3, 4], delay=2) == [W("es", 2, continues=True), W("geht", 2)]
-    assert words.add([5], delay=3) == [W(".", 3, continues=True)]
-    assert words.text == "Ein Mannes geht."
-    merged = agents.merge_continuations([W("Ein", 1), W("Mann", 1), W("es", 2, True), W("geht", 2)])
-    assert merged == [("Ein", 1), ("Mannes", 1), ("geht", 2)]
-    # a character cut in two inside one batch is whole; across batches it is corrected
-    assert agents.WordSplitter(decode).add([2, 6, 7], delay=1) == [W("Mannü", 1)]
-    cut = agents.WordSplitter(decode)
-    first, second = cut.add([2, 6], delay=1), cut.add([7, 4], delay=2)
-    assert first == [W("Mann\ufffd", 1)]
-    assert second == [W("ü", 2, continues=True, drop=1), W("geht", 2)]
-    assert agents.merge_continuations(first + second) == [("Mannü", 1), ("geht", 2)]
+    words = agents.WordSplitter()
+    assert words.extend("Ein Mann", delay=1) == [W("Ein", 1), W("Mann", 1)]
+    assert words.extend("es geht", delay=2) == [W("es", 2, continues=True), W("geht", 2)]
+    assert words.extend("", delay=2) == []
+    assert words.extend(" ü", delay=3) == [W("ü", 3)]
+    assert words.extend("ber.", delay=4) == [W("ber.", 4, continues=True)]
+    assert words.text == "Ein Mannes geht über."
+    merged = agents.merge_continuations(
+        [W("Ein", 1), W("Mann", 1), W("es", 2, True), W("geht", 2), W("ü", 3), W("ber.", 4, True)]
+    )
+    assert merged == [("Ein", 1), ("Mannes", 1), ("geht", 2), ("über.", 3)]
+    assert " ".join(text for text, _ in merged) == words.text
 
 
 def test_engine_options_serve_an_adapter_as_lora(tmp_path, model_cache, monkeypatch):

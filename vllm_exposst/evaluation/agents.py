@@ -31,7 +31,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import os
 import sys
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Coroutine
@@ -65,44 +64,30 @@ class WrittenWord:
     text: str
     delay: int  # source words sent when it was written
     continues: bool = False  # the rest of the previous word (it went on after a READ)
-    drop: int = 0  # characters of the previous word this one corrects (see WordSplitter)
 
 
 class WordSplitter:
-    """The words a batch of target tokens adds to the translation, as SimulEval takes them.
+    """The words a piece of the translation adds, as SimulEval takes them.
 
-    The text is decoded from all target tokens so far (as the session decodes its
-    result), not glued from piece texts.  When the last word already written goes
-    on, the rest is a ``continues`` word.  A batch that ended inside a UTF-8
-    character decoded it as U+FFFD; if the next batch completes it, the word changes
-    instead of growing: the new ending is written with ``drop`` = the characters it
-    replaces, so that :func:`merge_continuations` rebuilds the session's text.
+    Pieces are the session's exact text (a piece never ends inside a UTF-8
+    character: the session holds an unfinished one back), so the translation only
+    grows.  When the last word already written goes on, the rest is a ``continues``
+    word, which :func:`merge_continuations` joins back.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str] | None = None) -> None:
-        self.decode = decode
-        self.ids: list[int] = []
+    def __init__(self) -> None:
         self.text = ""
-
-    def add(self, token_ids: list[int], delay: int) -> list[WrittenWord]:
-        """The words these tokens add, written at ``delay``."""
-        self.ids += token_ids
-        return self.add_text(self.decode(self.ids), delay)
 
     def extend(self, added: str, delay: int) -> list[WrittenWord]:
         """The words that ``added`` (a piece's or a delta's text) adds, written at ``delay``."""
-        return self.add_text(self.text + added, delay) if added else []
-
-    def add_text(self, text: str, delay: int) -> list[WrittenWord]:
-        """The words the translation so far, now ``text``, adds, written at ``delay``."""
+        if not added:
+            return []
         before = self.text.split()
-        self.text = text
+        self.text += added
         now = self.text.split()
         out: list[WrittenWord] = []
-        if before and len(now) >= len(before) and now[len(before) - 1] != before[-1]:
-            old, new = before[-1], now[len(before) - 1]
-            kept = len(os.path.commonprefix([old, new]))
-            out.append(WrittenWord(new[kept:], delay, continues=True, drop=len(old) - kept))
+        if before and now[len(before) - 1] != before[-1]:  # the last word went on
+            out.append(WrittenWord(now[len(before) - 1][len(before[-1]) :], delay, True))
         out += [WrittenWord(word, delay) for word in now[len(before) :]]
         return out
 
@@ -223,7 +208,7 @@ class ExposstAgent(SessionAgent):
 
     def start_sentence(self) -> WordSplitter:
         self.session = self.run(self.engine.open(self.config))
-        return WordSplitter(self.session.template.decode)
+        return WordSplitter()
 
     def step(self, new_words: list[str], finish: bool) -> tuple[list[WrittenWord], bool]:
         """The words the pieces' texts add: the session holds back an unfinished UTF-8
@@ -285,7 +270,7 @@ def merge_continuations(words: list[WrittenWord]) -> list[tuple[str, int]]:
     for word in words:
         if word.continues and out:
             text, delay = out[-1]
-            out[-1] = (text[: len(text) - word.drop] + word.text, delay)
+            out[-1] = (text + word.text, delay)
         else:
             out.append((word.text, word.delay))
     return out

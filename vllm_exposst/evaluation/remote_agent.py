@@ -159,7 +159,7 @@ class RemoteExposstAgent(SessionAgent):
 
     # -- SessionAgent's steps ---------------------------------------------------------
     def start_sentence(self) -> WordSplitter:
-        self.received = ""  # the deltas so far, joined
+        self.unsent = ""  # deltas received since the last answer to SimulEval
         return WordSplitter()
 
     def step(self, new_words: list[str], finish: bool) -> tuple[list[WrittenWord], bool]:
@@ -173,18 +173,21 @@ class RemoteExposstAgent(SessionAgent):
             event = self._receive()
             kind = event.get("type")
             if kind == "response.output_text.delta":
-                self.received += event["delta"]
+                self.unsent += event["delta"]
             elif kind == "input_text.waiting" and not finish:
                 if event.get("source_words_read", self.pushed) >= self.pushed:
-                    return self.words.add_text(self.received, self.pushed), False
+                    return self._written(), False
             elif kind == "response.output_text.done":
-                # the session's own text: the joined deltas differ only where a token
-                # cut a UTF-8 character in two; the final words follow the session
-                if event["text"] != self.received:
+                written = self._written()
+                if event["text"] != self.words.text:  # the server breaks its contract
                     logger.warning(
-                        "session text %r differs from its deltas %r", event["text"], self.received
+                        "session text %r differs from its deltas %r", event["text"], self.words.text
                     )
-                return self.words.add_text(event["text"], self.pushed), True
+                return written, True
+
+    def _written(self) -> list[WrittenWord]:
+        added, self.unsent = self.unsent, ""
+        return self.words.extend(added, self.pushed)
 
     def drop_sentence(self) -> None:
         """The server has a sentence in progress: a fresh connection frees it."""
