@@ -16,9 +16,9 @@ Every admitted speaker must get every sentence's ``done``; a refusal that is not
 documented event and close counts as unclean.  Prints a table and writes a JSON record
 (command, machine, date, versions) and a plot of latency per phase.
 
-    .venv/bin/python eval/overload.py --start-server default --adapter adapters/exposst-smollm2 \\
-        --capacity 32 --source ../shared/data/multi30k/test_2016_flickr.en \\
-        --out docs/bench/overload.json
+    VLLM_CPU_NUM_OF_RESERVED_CPU=0 .venv/bin/python eval/overload.py --start-server default \\
+        --adapter adapters/exposst-smollm2 --compiled --capacity 32 \\
+        --source ../shared/data/multi30k/test_2016_flickr.en --out docs/bench/overload.json
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--start-server", metavar="MODEL", required=True, help="'default' ok")
     parser.add_argument("--adapter", type=Path, help="served as LoRA (--lora-modules)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--compiled", action="store_true", help="torch.compile, as the README's command runs"
+    )
     parser.add_argument("--capacity", type=int, default=32, help="exposst.max_speakers")
     parser.add_argument("--source", type=Path, help="one sentence per line (else built in)")
     parser.add_argument("--rate", type=float, default=2.5, help="source words/s per speaker")
@@ -214,7 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     base = url.replace("ws://", "http://")
     options = {"max_speakers": args.capacity}
     server = start_server(
-        args.start_server, url, args.adapter, args.max_num_seqs, args.dtype, options=options
+        args.start_server,
+        url,
+        args.adapter,
+        args.max_num_seqs,
+        args.dtype,
+        args.compiled,
+        options=options,
     )
     try:
         asyncio.run(client(url, {}, sentences[:1], args.rate, session_of(args), [], []))  # warm
@@ -257,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         server_model=args.start_server,
         adapter=str(args.adapter) if args.adapter else None,
         dtype=args.dtype,
+        compiled=args.compiled,
         note=args.note,
     )
     lost = any(p["sentences_done"] != p["sentences_sent"] for p in phases)
