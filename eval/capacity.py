@@ -31,23 +31,14 @@ import sys
 from pathlib import Path
 
 from load_ws import SENTENCES, client, run_level, session_of, start_server
-from serving import free_port, print_table, read_sentences, stop
+from serving import add_server_flags, free_port, print_table, read_sentences, stop
 
 from vllm_exposst.evaluation.record import write_record
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--start-server", metavar="MODEL", required=True, help="'default' ok")
-    parser.add_argument("--adapter", type=Path, help="served as LoRA (--lora-modules)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument(
-        "--compiled",
-        action="store_true",
-        help="serve with torch.compile, as the README's command does (default: eager, a "
-        "fast start)",
-    )
-    parser.add_argument("--source", type=Path, help="one sentence per line (else built in)")
+    add_server_flags(parser)
     parser.add_argument("--levels", nargs="+", type=int, default=[8, 12, 16, 20, 24, 28, 32])
     parser.add_argument("--rate", type=float, default=2.5, help="source words/s per speaker")
     parser.add_argument("--p90-ms", type=float, default=1000.0, help="R2W p90 to sustain")

@@ -35,21 +35,15 @@ import httpx
 import websockets
 import websockets.exceptions
 from load_ws import SENTENCES, client, receive_sentence, session_of, start_server
-from serving import free_port, print_table, read_sentences, speak_sentence, stop
+from serving import add_server_flags, free_port, print_table, read_sentences, speak_sentence, stop
 
 from vllm_exposst.evaluation.record import write_record
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--start-server", metavar="MODEL", required=True, help="'default' ok")
-    parser.add_argument("--adapter", type=Path, help="served as LoRA (--lora-modules)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument(
-        "--compiled", action="store_true", help="torch.compile, as the README's command runs"
-    )
+    add_server_flags(parser)
     parser.add_argument("--capacity", type=int, default=32, help="exposst.max_speakers")
-    parser.add_argument("--source", type=Path, help="one sentence per line (else built in)")
     parser.add_argument("--rate", type=float, default=2.5, help="source words/s per speaker")
     parser.add_argument("--sentences-per-client", type=int, default=2)
     parser.add_argument("--policy", default="wait-3")

@@ -27,6 +27,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def add_server_flags(parser) -> None:
+    """The flags of a benchmark that starts its own ``vllm serve``, worded the same."""
+    parser.add_argument("--start-server", metavar="MODEL", required=True, help="'default' ok")
+    parser.add_argument("--adapter", type=Path, help="served as LoRA (--lora-modules)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="serve with torch.compile, as the README's command does (default: eager, a "
+        "fast start)",
+    )
+    parser.add_argument("--source", type=Path, help="one sentence per line (else built in)")
+
+
 def serve_command(
     model: str | Path,
     port: int,
