@@ -66,16 +66,7 @@ class RealtimeConnection:
         sentence: int | None = None,
         **details: Any,
     ) -> None:
-        error = api_error(exc)
-        body = {**error.body()["error"], **details}
-        if error.status == 429:
-            body["retry_after"] = RETRY_AFTER_SECONDS
-        if event_type:
-            body["event_type"] = event_type
-        event: dict[str, Any] = {"type": "error", "error": body}
-        if sentence is not None:
-            event["sentence"] = sentence
-        await self.send(event)
+        await self.send(error_event(exc, event_type, sentence, **details))
 
     def describe(self) -> dict[str, Any]:
         config = self.context.session_config(
@@ -347,6 +338,22 @@ async def handle_events(connection: RealtimeConnection, inbox: Inbox) -> None:
             await connection.send_error(exc, kind)
 
 
+def error_event(
+    exc: BaseException, event_type: str | None = None, sentence: int | None = None, **details: Any
+) -> dict[str, Any]:
+    """The ``error`` event for ``exc``: its documented code, ``retry_after`` on a 429."""
+    error = api_error(exc)
+    body = {**error.body()["error"], **details}
+    if error.status == 429:
+        body["retry_after"] = RETRY_AFTER_SECONDS
+    if event_type:
+        body["event_type"] = event_type
+    event: dict[str, Any] = {"type": "error", "error": body}
+    if sentence is not None:
+        event["sentence"] = sentence
+    return event
+
+
 async def refuse_speaker(websocket: WebSocket, limit: int) -> None:
     """Past ``max_speakers``: a ``too_many_speakers`` error, then close 1013 (try again
     later).  An event, not an HTTP 429 at the handshake, because a browser's WebSocket
@@ -359,9 +366,8 @@ async def refuse_speaker(websocket: WebSocket, limit: int) -> None:
         "rate_limit_error",
         "too_many_speakers",
     )
-    body = {**error.body()["error"], "retry_after": RETRY_AFTER_SECONDS}
     with contextlib.suppress(Exception):
-        await websocket.send_json({"type": "error", "error": body})
+        await websocket.send_json(error_event(error))
         await websocket.close(code=1013, reason="too many speakers")
 
 
