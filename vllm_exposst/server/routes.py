@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket
 
 from ..origins import OriginPolicy
 from . import engine_death, redact
+from .alignatt import alignatt
 from .chat import chat_completions
 from .context import ServerContext, create_context
 from .errors import ApiError
@@ -82,6 +83,13 @@ class ExposstRoutes:
             context = self._context()
             if not await refused_origin(websocket, context.origins):
                 await realtime(websocket, context)
+
+        # WhisperLiveKit's remote translation backend (protocol v1 of alignatt-mt-server)
+        @router.websocket("/v1/simul/alignatt")
+        async def simul_alignatt(websocket: WebSocket):
+            context = self._context()
+            if not await refused_origin(websocket, context.origins):
+                await alignatt(websocket, context)
 
         # listeners: outside /v1, so a listen token (not the API key) opens them
         @router.websocket("/simul/listen")
