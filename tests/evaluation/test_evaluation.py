@@ -89,14 +89,7 @@ def test_hypothesis_needs_one_delay_per_word():
 
 def test_instances_log_scores_like_simuleval_score_only(tmp_path):
     """SimulEval's own --score-only on our instances.log gives our numbers."""
-    hyps = [
-        metrics.Hypothesis(
-            i, src, ref, " ".join(ref.split()[:-1]) + " x", delays, [0.1 * d for d in delays]
-        )
-        for i, ((src, ref), delays) in enumerate(
-            zip(PAIRS, [[1, 2, 3, 4, 5], [2, 2, 4, 6, 8, 9, 9], [3] * 8, [4, 4, 4], [1] * 7])
-        )
-    ]
+    hyps = scored_hypotheses()
     ours = metrics.score_run(hyps, rate=2.5)
     logs.write_instances(tmp_path / "instances.log", hyps, rate=2.5)
     logs.write_config(tmp_path)
@@ -113,6 +106,54 @@ def test_instances_log_scores_like_simuleval_score_only(tmp_path):
     aware = build_evaluator(agents.simuleval_args([*argv, "--computation-aware"])).latency
     assert aware["LAAL_CA"] == pytest.approx(ours["CA_LAAL"], abs=1e-12)
     assert aware["LAAL"] == pytest.approx(ours["CA_LAAL"], abs=1e-12)
+
+
+def scored_hypotheses() -> list[metrics.Hypothesis]:
+    return [
+        metrics.Hypothesis(
+            i, src, ref, " ".join(ref.split()[:-1]) + " x", delays, [0.1 * d for d in delays]
+        )
+        for i, ((src, ref), delays) in enumerate(
+            zip(PAIRS, [[1, 2, 3, 4, 5], [2, 2, 4, 6, 8, 9, 9], [3] * 8, [4, 4, 4], [1] * 7])
+        )
+    ]
+
+
+def test_omnisteval_scores_our_instances_log_like_us(tmp_path):
+    """OmniSTEval's own CLI on instances.log and references.txt gives our BLEU, chrF,
+    LAAL and computation-aware LAAL."""
+    hyps = scored_hypotheses()
+    ours = metrics.score_run(hyps, rate=2.5)
+    log = logs.write_instances(tmp_path / "instances.log", hyps, rate=2.5)
+    refs = logs.write_references(tmp_path / "references.txt", hyps)
+    out = tmp_path / "omni"
+    command = [sys.executable, "-m", "omnisteval.cli", "shortform", "--hypothesis_file", str(log)]
+    command += ["--ref_sentences_file", str(refs), "--word_level", "--output_folder", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    rows = [line.split("\t") for line in (out / "scores.tsv").read_text().splitlines()[1:]]
+    theirs = {name: value for name, value in rows}
+    assert float(theirs["BLEU"]) == pytest.approx(ours["BLEU"], abs=1e-3)
+    assert float(theirs["chrF"]) == pytest.approx(ours["chrF"], abs=1e-3)
+    assert float(theirs["LAAL (CU)"]) == pytest.approx(ours["LAAL"], abs=1e-3)
+    assert float(theirs["LAAL (CA)"]) == pytest.approx(ours["CA_LAAL"], abs=1e-3)
+
+
+def test_simulstream_reads_our_metrics_log(tmp_path):
+    """simulstream's LogReader rebuilds each sentence's text and delays from our log."""
+    from simulstream.config import yaml_config
+    from simulstream.metrics.readers import LogReader
+
+    hyps = scored_hypotheses()
+    log = logs.write_simulstream(tmp_path / "simulstream.jsonl", hyps, rate=2.5)
+    reader = LogReader(yaml_config(str(log.with_suffix(".yaml"))), str(log))
+    outputs = reader.final_outputs_and_latencies()
+    assert list(outputs) == [str(h.index) for h in hyps]
+    for hyp in hyps:
+        out = outputs[str(hyp.index)]
+        assert out.final_text == hyp.prediction
+        assert out.ideal_delays == pytest.approx([d / 2.5 for d in hyp.delays])
+        ca = metrics.ca_delays(hyp.delays, hyp.elapsed, 2.5)
+        assert out.computational_aware_delays == pytest.approx([c / 2.5 for c in ca])
 
 
 def test_quality_scores_match_sacrebleu_and_carry_signatures():

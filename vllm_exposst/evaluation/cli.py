@@ -1,8 +1,10 @@
 """``exposst-eval``: a test set through one in-process engine, every mode and policy.
 
-Writes, under ``--output``: ``<mode>/<policy>/instances.log`` (SimulEval's format)
-and ``scores.tsv`` per run, ``record.json`` (scores of every run with command,
-machine, date and versions), ``quality_latency.png`` and ``cost.png``; prints a table.
+Writes, under ``--output``: ``<mode>/<policy>/instances.log`` (SimulEval's format, which
+OmniSTEval reads with ``references.txt``), ``simulstream.jsonl`` with ``simulstream.yaml``
+(simulstream's metrics log) and ``scores.tsv`` per run; ``record.json`` (scores of
+every run with command, machine, date and versions), ``quality_latency.png`` and
+``cost.png``; prints a table.
 
     exposst-eval --source test.en --target test.de --limit 100 \\
         --modes exposst,shift,recompute,offline --policies wait-1,3,5,7,9
@@ -20,7 +22,13 @@ from typing import Any
 from ..defaults import DEFAULT_SLOT_LEN, MODES, SOURCE_LANG, TARGET_LANG
 from ..shipped import add_weight_flags, chosen_adapter
 from .data import Pair, load_pairs
-from .logs import write_config, write_instances, write_scores
+from .logs import (
+    write_config,
+    write_instances,
+    write_references,
+    write_scores,
+    write_simulstream,
+)
 from .metrics import DEFAULT_SPEAKING_RATE, score_run
 from .record import write_record
 from .runner import RunSettings, RunSpec, parse_policies, plan_runs, run_spec
@@ -136,6 +144,8 @@ async def evaluate(
             scores = score_run(hyps, rate)
             folder = output / spec.folder
             write_instances(folder / "instances.log", hyps, rate)
+            write_references(folder / "references.txt", hyps)
+            write_simulstream(folder / "simulstream.jsonl", hyps, rate)
             write_config(folder)
             write_scores(folder / "scores.tsv", scores)
             row = {"mode": spec.mode, "policy": spec.policy, **scores}

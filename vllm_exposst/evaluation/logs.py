@@ -1,4 +1,6 @@
-"""SimulEval-compatible output files of one run."""
+"""The output files of one run, in the formats the field's scorers read: SimulEval's
+``instances.log`` (OmniSTEval reads it too, with ``references.txt``) and simulstream's
+metrics log."""
 
 from __future__ import annotations
 
@@ -19,6 +21,49 @@ def write_instances(path: Path, hyps: list[Hypothesis], rate: float) -> Path:
     with path.open("w", encoding="utf-8") as f:
         for hyp in hyps:
             f.write(json.dumps(instance_record(hyp, rate), ensure_ascii=False) + "\n")
+    return path
+
+
+def write_references(path: Path, hyps: list[Hypothesis]) -> Path:
+    """``references.txt``: one reference per line, the file OmniSTEval takes beside the log:
+    ``omnisteval shortform --hypothesis_file instances.log --ref_sentences_file
+    references.txt --word_level``."""
+    path.write_text("".join(" ".join(h.reference.split()) + "\n" for h in hyps), encoding="utf-8")
+    return path
+
+
+# simulstream's eval config for a text log: words joined by spaces, latency in words
+SIMULSTREAM_CONFIG = "detokenizer_type: simuleval\nlatency_unit: word\n"
+
+
+def write_simulstream(path: Path, hyps: list[Hypothesis], rate: float) -> Path:
+    """``simulstream.jsonl``, the metrics log simulstream's scorers read (its
+    ``LogReader``), and ``simulstream.yaml``, its eval config.
+
+    Each sentence is an "audio" of its own (``metadata.wav_name`` is its index); each
+    target word is one output line: ``total_audio_processed`` is the source read when it
+    was written, in seconds at ``rate`` words per second, and ``computation_time`` the
+    seconds since the sentence opened, so simulstream's computation-aware delay is our
+    ``elapsed`` divided by the rate.
+    """
+    lines = []
+    for hyp in hyps:
+        lines.append({"id": hyp.index, "metadata": {"wav_name": f"{hyp.index}.wav"}})
+        words = hyp.prediction.split()
+        for word, delay, seconds in zip(words, hyp.delays, hyp.elapsed, strict=True):
+            lines.append(
+                {
+                    "id": hyp.index,
+                    "total_audio_processed": delay / rate,
+                    "computation_time": seconds,
+                    "generated_tokens": [word],
+                    "deleted_tokens": [],
+                }
+            )
+    path.write_text(
+        "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8"
+    )
+    path.with_suffix(".yaml").write_text(SIMULSTREAM_CONFIG)
     return path
 
 
