@@ -13,6 +13,7 @@ sends).
 from __future__ import annotations
 
 import asyncio
+import html
 import importlib.util
 import json
 import random
@@ -21,8 +22,10 @@ import threading
 import time
 import types
 
+import httpx
 import pytest
 import websockets
+import webvtt
 
 from vllm_exposst import models
 
@@ -86,6 +89,11 @@ class Speaker:
             self.segments.append(segment.text)
         self.buffers.append(buffer.text or "")
 
+    def close(self) -> None:
+        """Close the client's connection (WhisperLiveKit keeps it for the session's life)."""
+        if self.client._ws is not None:
+            self.client._ws.close()
+
     def drain(self, count: int, timeout: float = 120) -> None:
         """Call ``process`` (as WhisperLiveKit's worker does) until ``count`` segments."""
         deadline = time.monotonic() + timeout
@@ -105,6 +113,7 @@ def test_whisperlivekit_client_gets_each_sentence_as_the_reference_translates_it
     for sentence in sentences:
         speaker.say(sentence)
     speaker.drain(len(sentences))
+    speaker.close()
     assert speaker.segments == [oracle(s).text.strip() for s in sentences]
     # the partial translation only grows within an utterance, and is where the final starts
     for before, after in zip(speaker.buffers, speaker.buffers[1:], strict=False):
@@ -123,6 +132,7 @@ def test_the_unstable_tail_is_not_read(
     speaker = Speaker(server, latency="balanced")
     speaker.say(sentence, tail="zebra quantum")
     speaker.drain(1)
+    speaker.close()
     assert speaker.segments == [oracle(sentence).text.strip()]
 
 
@@ -141,6 +151,7 @@ def test_many_whisperlivekit_clients_at_once(
             for sentence in talks[i]:
                 speaker.say(sentence)
             speaker.drain(len(talks[i]))
+            speaker.close()
             results[i] = speaker.segments
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -173,6 +184,7 @@ def test_a_dropped_connection_frees_its_session_and_the_client_resumes_append_on
     time.sleep(1.2)  # the client's first reconnect backoff
     speaker.say(" ".join(words[5:]))
     speaker.drain(1)
+    speaker.close()
     (segment,) = speaker.segments
     # reconnected with accepted_target_prefix: what was on screen stays, the rest follows
     assert segment.startswith(shown)
@@ -219,9 +231,12 @@ def test_bad_messages_get_the_protocols_errors_and_the_connection_goes_on(
             again = await exchange(ws, INIT)
             bad_words = await exchange(ws, {**update(1, []), "words": [[7, 0, 1]]})
             done = await exchange(ws, update(2, ["a", "man", "walks."], final=True))
-            return codes, ok, again, bad_words, done
+            # the room follows the connection: its subtitles hold the sentence
+            url = f"{server.url}/simul/subtitles/{ok['session']}.vtt"
+            vtt = httpx.get(url, params={"token": ok["listen_token"]}).text
+            return codes, ok, again, bad_words, done, vtt
 
-    codes, ok, again, bad_words, done = asyncio.run(scenario())
+    codes, ok, again, bad_words, done, vtt = asyncio.run(scenario())
     assert [e["code"] for e in codes] == [
         "bad_protocol",
         "bad_protocol",
@@ -237,11 +252,17 @@ def test_bad_messages_get_the_protocols_errors_and_the_connection_goes_on(
     assert done["type"] == "translation" and done["final"] and done["seq"] == 2
     assert done["committed_text"] == oracle("a man walks.").text.strip()
     assert done["buffer_text"] == ""
+    (cue,) = webvtt.from_string(vtt).captions
+    assert html.unescape(cue.text) == done["committed_text"]  # WebVTT escapes &, <, >
     assert server.all_free()["open_sessions"] == 0
 
 
 def test_past_max_speakers_a_client_is_told_busy(server):
     limit = server.stats()["max_speakers"]
+    deadline = time.monotonic() + 30  # the tests before closed their clients
+    while server.stats()["speakers"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.stats()["speakers"] == 0
 
     async def scenario():
         held = [await websockets.connect(server.alignatt_url) for _ in range(limit)]

@@ -6,7 +6,7 @@ the protocol of AlignAtt4LLM's ``alignatt-mt-server``:
 
 - ``init`` {protocol_version: 1, source_lang, target_lang, preset, overrides,
   context_text, history, accepted_target_prefix} -> ``init_ok`` {protocol_version,
-  direction, preset, model, listen_token, ignored};
+  direction, preset, model, session, listen_token, ignored};
 - ``update`` {seq, utterance_id, words: [[text, start_ms, end_ms], ...] (the open
   utterance's committed words, all of them each time), tail, clock_ms, is_final} ->
   ``translation`` {seq, utterance_id, final, committed_text, committed_delta,
@@ -189,6 +189,7 @@ class AlignAttConnection:
                 "direction": self.direction,
                 "preset": preset,
                 "model": model,
+                "session": self.id,
                 "listen_token": self.hub.token,
                 "ignored": ignored,
             }
