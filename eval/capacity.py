@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from load_ws import SENTENCES, client, run_level, session_of, start_server
+from load_ws import SENTENCES, client, run_level, server_fields, session_of, start_flagged_server
 from serving import add_server_flags, free_port, print_table, read_sentences, stop
 
 from vllm_exposst.evaluation.record import write_record
@@ -92,9 +92,7 @@ def measure(args: argparse.Namespace, url: str) -> tuple[list[dict], dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     url = f"ws://127.0.0.1:{free_port()}"
-    server = start_server(
-        args.start_server, url, args.adapter, args.max_num_seqs, args.dtype, args.compiled
-    )
+    server = start_flagged_server(args, url)
     try:
         levels, saturated = measure(args, url)
     finally:
@@ -128,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     write_record(
         args.out,
         {"levels": levels, "saturated": saturated},
-        server_model=args.start_server,
-        adapter=str(args.adapter) if args.adapter else None,
-        dtype=args.dtype,
-        compiled=args.compiled,
+        **server_fields(args),
         capacity_speakers=capacity,
         demand_tokens_per_second=demand,
         saturated_tokens_per_second=saturated["tokens_per_second"],

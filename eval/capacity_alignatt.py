@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import websockets
-from load_ws import ADAPTER_NAME, SENTENCES, run_level, start_server
+from load_ws import ADAPTER_NAME, SENTENCES, run_level, server_fields, start_flagged_server
 from serving import add_server_flags, free_port, print_table, read_sentences, stop
 
 from vllm_exposst.evaluation.record import write_record
@@ -142,16 +142,7 @@ def sustained(rows: list[dict], route: str, limit: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     url = f"ws://127.0.0.1:{free_port()}"
-    options = {"policy": args.policy}
-    server = start_server(
-        args.start_server,
-        url,
-        args.adapter,
-        args.max_num_seqs,
-        args.dtype,
-        args.compiled,
-        options=options,
-    )
+    server = start_flagged_server(args, url, {"policy": args.policy})
     try:
         rows = asyncio.run(measure(args, url))
     finally:
@@ -173,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     write_record(
         args.out,
         {"levels": rows, "sustained_speakers": capacity},
-        server_model=args.start_server,
-        adapter=str(args.adapter) if args.adapter else None,
-        dtype=args.dtype,
-        compiled=args.compiled,
+        **server_fields(args),
         policy=args.policy,
         p90_limit_ms=args.p90_ms,
         note=args.note,

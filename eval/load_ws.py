@@ -206,6 +206,29 @@ async def run_level(
     }
 
 
+def start_flagged_server(args, url: str, options: dict | None = None) -> subprocess.Popen:
+    """:func:`start_server` from the flags of ``serving.add_server_flags``."""
+    return start_server(
+        args.start_server,
+        url,
+        args.adapter,
+        args.max_num_seqs,
+        args.dtype,
+        args.compiled,
+        options=options,
+    )
+
+
+def server_fields(args) -> dict:
+    """The record fields that say which server a benchmark ran (its flags)."""
+    return {
+        "server_model": args.start_server,
+        "adapter": str(args.adapter) if args.adapter else None,
+        "dtype": args.dtype,
+        "compiled": args.compiled,
+    }
+
+
 def start_server(
     model: str,
     url: str,

@@ -34,7 +34,14 @@ from pathlib import Path
 import httpx
 import websockets
 import websockets.exceptions
-from load_ws import SENTENCES, client, receive_sentence, session_of, start_server
+from load_ws import (
+    SENTENCES,
+    client,
+    receive_sentence,
+    server_fields,
+    session_of,
+    start_flagged_server,
+)
 from serving import add_server_flags, free_port, print_table, read_sentences, speak_sentence, stop
 
 from vllm_exposst.evaluation.record import write_record
@@ -210,15 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"ws://127.0.0.1:{free_port()}"
     base = url.replace("ws://", "http://")
     options = {"max_speakers": args.capacity}
-    server = start_server(
-        args.start_server,
-        url,
-        args.adapter,
-        args.max_num_seqs,
-        args.dtype,
-        args.compiled,
-        options=options,
-    )
+    server = start_flagged_server(args, url, options)
     try:
         asyncio.run(client(url, {}, sentences[:1], args.rate, session_of(args), [], []))  # warm
         plan = [("at capacity", args.capacity), ("overload", 2 * args.capacity)]
@@ -257,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     write_record(
         args.out,
         {"phases": phases, "stats_after_each_phase": idle, "plot": str(picture)},
-        server_model=args.start_server,
-        adapter=str(args.adapter) if args.adapter else None,
-        dtype=args.dtype,
-        compiled=args.compiled,
+        **server_fields(args),
         note=args.note,
     )
     lost = any(p["sentences_done"] != p["sentences_sent"] for p in phases)
