@@ -6,6 +6,10 @@ compare) and writes ``OUT.json`` (the points, and each run's record); prints a t
 
     .venv/bin/python eval/dev_loss_curves.py runs/general/r64long adapters/x \\
         --labels "r64, 856 steps" "x" --out docs/results/general_stage1_dev_loss
+
+``--consecutive``: each run continues the one before (``--init-adapter``), so its
+steps and tokens count on from the previous run's last point: one curve, one
+colour per run.
 """
 
 from __future__ import annotations
@@ -26,6 +30,15 @@ def curve(run: Path) -> list[tuple[int, int, float]]:
         for row in log
         if "eval_loss" in row
     ]
+
+
+def chained(curves: dict[str, list[tuple[int, int, float]]]) -> None:
+    """Shift each run's steps and tokens by the totals of the runs before it."""
+    steps = tokens = 0
+    for label, points in curves.items():
+        curves[label] = [(steps + s, tokens + t, loss) for s, t, loss in points]
+        if points:
+            steps, tokens = curves[label][-1][0], curves[label][-1][1]
 
 
 def draw(curves: dict[str, list[tuple[int, int, float]]], path: Path) -> None:
@@ -50,11 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="exposst-train output folders")
     parser.add_argument("--labels", nargs="*", help="one per run (default: folder names)")
     parser.add_argument("--out", type=Path, required=True, help="OUT.png and OUT.json")
+    parser.add_argument(
+        "--consecutive", action="store_true", help="each run continues the one before"
+    )
     args = parser.parse_args(argv)
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error("give one label per run")
     curves = {label: curve(run) for label, run in zip(labels, args.runs, strict=True)}
+    if args.consecutive:
+        chained(curves)
     print(f"{'run':<28} {'steps':>6} {'tokens':>10} {'dev loss':>9}")
     for label, points in curves.items():
         for step, tokens, loss in points:
