@@ -35,6 +35,8 @@ from serving import add_server_flags, free_port, print_table, read_sentences, st
 
 from vllm_exposst.evaluation.record import write_record
 
+ANSWER_TIMEOUT = 60.0  # seconds a protocol client waits for an answer before it fails
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -77,7 +79,13 @@ async def protocol_client(
                     "is_final": sent == len(words),
                 }
                 await ws.send(json.dumps(update))
-                answer = json.loads(await ws.recv())
+                try:  # WhisperLiveKit's client waits 15 s, then reconnects
+                    answer = json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT))
+                except TimeoutError:
+                    raise RuntimeError(
+                        f"no answer to update {seq} (utterance {utterance}, {sent} words) "
+                        f"in {ANSWER_TIMEOUT:g} s"
+                    ) from None
                 if answer["type"] != "translation":
                     raise RuntimeError(answer)
                 words_shown = len(answer["committed_text"].split())
