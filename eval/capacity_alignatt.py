@@ -96,9 +96,14 @@ async def protocol_client(
                 shown = 0 if answer["final"] else words_shown
 
 
+def preset_of(args) -> str | None:
+    """The ``preset`` a protocol client asks for: the served adapter, else the base model."""
+    return ADAPTER_NAME if args.adapter else None
+
+
 async def protocol_level(args, url: str, sentences: list[str], n: int) -> dict:
     latencies: list[float] = []
-    preset = ADAPTER_NAME if args.adapter else None
+    preset = preset_of(args)
     jobs = []
     for i in range(n):
         mine = [
@@ -123,8 +128,9 @@ async def protocol_level(args, url: str, sentences: list[str], n: int) -> dict:
 
 async def measure(args, url: str) -> list[dict]:
     sentences = read_sentences(args.source, SENTENCES)
-    preset = ADAPTER_NAME if args.adapter else None
-    await protocol_client(url, preset, sentences[:1], args.rate, [])  # warm-up, not counted
+    await protocol_client(
+        url, preset_of(args), sentences[:1], args.rate, []
+    )  # warm-up, not counted
     rows = []
     for n in args.levels:
         alignatt = await protocol_level(args, url, sentences, n)

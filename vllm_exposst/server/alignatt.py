@@ -46,7 +46,7 @@ from ..engine import SessionResult
 from . import metrics
 from .context import ServerContext
 from .engine_death import engine_died
-from .realtime import BAD_TEXT
+from .realtime import BAD_TEXT, refuse_speaker, speakers_full_message
 from .talk import Sentence
 
 PROTOCOL_VERSION = 1
@@ -69,6 +69,7 @@ LANGUAGE_NAMES = {
     "uk": "Ukrainian",
     "zh": "Chinese",
 }
+LANGUAGE_CODES = {name: code for code, name in LANGUAGE_NAMES.items()}
 MAX_WORD_CHARS = 200  # a recognizer's word; longer is a bad message, not source
 
 
@@ -92,8 +93,7 @@ def language_name(value: Any) -> str | None:
 
 
 def language_code(name: str) -> str:
-    codes = {v: k for k, v in LANGUAGE_NAMES.items()}
-    return codes.get(name, name)
+    return LANGUAGE_CODES.get(name, name)
 
 
 def shown_text(prefix: str, text: str) -> str:
@@ -132,7 +132,6 @@ class AlignAttConnection:
         self.ws, self.context = websocket, context
         self.id = f"alignatt_{uuid.uuid4().hex[:16]}"
         self.hub = context.listeners.open(self.id)
-        self.model: str | None = None
         self.config: Any = None
         self.started = False
         self.utterance_id: int | None = None
@@ -169,7 +168,6 @@ class AlignAttConnection:
         overrides = message.get("overrides") or {}
         if not isinstance(overrides, dict):
             raise ProtocolError("bad_protocol", "'overrides' must be an object")
-        self.model = preset
         self.config = self.context.session_config(preset, {})
         self.check_direction(message)
         prefix = message.get("accepted_target_prefix") or ""
@@ -411,16 +409,9 @@ async def handle(connection: AlignAttConnection, text: str) -> None:
 
 async def alignatt(websocket: WebSocket, context: ServerContext) -> None:
     await websocket.accept()
-    if len(context.connections) >= context.max_speakers:
-        metrics.SESSIONS_REJECTED.inc()
-        with contextlib.suppress(Exception):
-            busy = ProtocolError(
-                "busy",
-                f"this server serves {context.max_speakers} live speakers already "
-                "(exposst.max_speakers); try again later",
-            )
-            await websocket.send_json(busy.event())
-            await websocket.close(code=1013, reason="too many speakers")
+    if context.speakers_full:
+        busy = ProtocolError("busy", speakers_full_message(context.max_speakers))
+        await refuse_speaker(websocket, busy.event())
         return
     connection = AlignAttConnection(websocket, context)
     context.connections.add(connection)

@@ -44,6 +44,11 @@ class ServerContext:
         """Realtime connections served at once (``exposst.max_speakers``, else max_sessions)."""
         return self.engine.options.max_speakers or self.engine.max_sessions
 
+    @property
+    def speakers_full(self) -> bool:
+        """``max_speakers`` connections (realtime and alignatt together) are open."""
+        return len(self.connections) >= self.max_speakers
+
     def session_config(self, model: str | None, simul: dict[str, Any] | None) -> SessionConfig:
         """Validate a request's model and ``simul`` options into a session config."""
         simul = simul or {}

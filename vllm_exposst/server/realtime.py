@@ -354,27 +354,34 @@ def error_event(
     return event
 
 
-async def refuse_speaker(websocket: WebSocket, limit: int) -> None:
-    """Past ``max_speakers``: a ``too_many_speakers`` error, then close 1013 (try again
-    later).  An event, not an HTTP 429 at the handshake, because a browser's WebSocket
-    cannot read a refused handshake's status; the speakers already in keep their pace."""
-    metrics.SESSIONS_REJECTED.inc()
-    error = ApiError(
-        429,
+def speakers_full_message(limit: int) -> str:
+    return (
         f"this server serves {limit} live speakers already (exposst.max_speakers): "
-        f"try again in {RETRY_AFTER_SECONDS} s",
-        "rate_limit_error",
-        "too_many_speakers",
+        f"try again in {RETRY_AFTER_SECONDS} s"
     )
+
+
+async def refuse_speaker(websocket: WebSocket, event: dict[str, Any]) -> None:
+    """Past ``max_speakers``: an error ``event`` (realtime: ``too_many_speakers``; the
+    alignatt route: ``busy``), then close 1013 (try again later).  An event, not an HTTP
+    429 at the handshake, because a browser's WebSocket cannot read a refused
+    handshake's status; the speakers already in keep their pace."""
+    metrics.SESSIONS_REJECTED.inc()
     with contextlib.suppress(Exception):
-        await websocket.send_json(error_event(error))
+        await websocket.send_json(event)
         await websocket.close(code=1013, reason="too many speakers")
 
 
 async def realtime(websocket: WebSocket, context: ServerContext) -> None:
     await websocket.accept()
-    if len(context.connections) >= context.max_speakers:
-        await refuse_speaker(websocket, context.max_speakers)
+    if context.speakers_full:
+        error = ApiError(
+            429,
+            speakers_full_message(context.max_speakers),
+            "rate_limit_error",
+            "too_many_speakers",
+        )
+        await refuse_speaker(websocket, error_event(error))
         return
     connection = RealtimeConnection(websocket, context)
     context.connections.add(connection)
