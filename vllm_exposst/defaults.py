@@ -44,8 +44,23 @@ MAX_QUEUED_INPUT_CHARS = 1_000_000
 
 
 def target_token_limit(source_tokens: int, cap: int | None = None) -> int:
-    """Most target tokens for a source: ``cap`` if set, else twice the source + 16."""
+    """Most target tokens for a source: ``cap`` if set, else twice the source + 16.
+
+    Decoders apply it to the source tokens *read so far* (:func:`limit_reached`), which
+    the policy decides, not to those that have arrived, which a live speaker decides:
+    so a live session and the reference decoder, which knows the whole source, stop
+    and read at the same tokens."""
     return cap or 2 * source_tokens + 16
+
+
+def limit_reached(target_tokens: int, read_tokens: int, source_done: bool, cap: int | None) -> str:
+    """What the target length limit makes of the next decision: ``"go"`` (below it),
+    ``"read"`` (at it with source left to read: the translation has run ahead of the
+    source, so the decoder reads on, which raises an uncapped limit) or ``"stop"``
+    (at it with nothing left to read, or at a fixed ``cap``)."""
+    if target_tokens < target_token_limit(read_tokens, cap):
+        return "go"
+    return "stop" if source_done or cap else "read"
 
 
 # -- listeners and subtitles (server/listeners.py, docs/api.md "Listeners") ----------

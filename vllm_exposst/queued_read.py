@@ -12,7 +12,8 @@ how many target tokens the turn wrote:
 * the positions: the allocator, rebuilt from its state when the turn was sent, runs
   the same events the decoder will run (the turn's write, the reads, the refeed copy);
 * the refeed copy: the turn's last written token;
-* the tail turn's token budget (when the source is complete): what the turn left.
+* the next turn's token budget: what the turn left of the target length limit, which
+  the READ raises (the limit counts the source read).
 
 A queued READ holds only if the turn ends as planned: its lookahead (the token that
 begins the next word) is not the stop token.  Otherwise the engine drops it and the
@@ -41,6 +42,7 @@ class QueuedRead:
     reads: list[int]  # tokens per source unit in the chunk, in order
     allocator: dict[str, Any] | None = None  # its state then (None: vLLM's own positions)
     room: int | None = None  # target tokens left before the turn before; None: a fixed budget
+    growth: int = 0  # target tokens the READ adds to the length limit (defaults.py)
     word_cap: int | None = None  # the turn after's word budget (words x max tokens); None: tail
 
     def to_args(self) -> dict[str, Any]:
@@ -55,9 +57,9 @@ class QueuedRead:
         return lookahead is not None and lookahead != self.stop_id
 
     def room_left(self, kept: int) -> int | None:
-        """Target tokens left after the turn before kept ``kept`` sampled tokens, by the
-        budget of when the READ was queued (None: a fixed budget)."""
-        return None if self.room is None else self.room - self.carried - kept
+        """Target tokens left after the turn before kept ``kept`` sampled tokens and the
+        READ raised the limit, as the session counts them (None: a fixed budget)."""
+        return None if self.room is None else self.room + self.growth - self.carried - kept
 
     def complete(self, kept: int, last_token: int, start: int) -> Completion:
         """The chunk's remaining parts once the turn before has kept ``kept`` sampled

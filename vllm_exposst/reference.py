@@ -31,6 +31,7 @@ from .defaults import (
     DEFAULT_REFEED,
     DEFAULT_SLOT_LEN,
     MAX_WORD_TOKENS,
+    limit_reached,
     target_token_limit,
 )
 from .layout import READ, REFEED, WRITE, Event, make_allocator
@@ -99,7 +100,6 @@ class _Run:
         self.d, self.policy, t = decoder, policy, decoder.template
         self.source_units = units(t.words_ids(source), policy.unit)
         self.unit_word = self._unit_to_word(t.words_ids(source), policy.unit)
-        self.limit = decoder.target_limit(sum(len(u) for u in self.source_units))
         self.forced = [tok for w in t.words_ids(force) for tok in w] if force is not None else None
         self.cache = self._new_cache()
         self.allocator = make_allocator(
@@ -202,7 +202,7 @@ class _Run:
     def _write_unit(self) -> list[int]:
         tokens: list[int] = []
         t = self.d.template
-        while len(self.target_ids) < self.limit:
+        while len(self.target_ids) < self.d.target_limit(len(self.source_ids)):
             if not self.header_done:
                 positions = self._write_position()
                 self._enqueue(list(t.header_ids), positions[:-1])
@@ -231,8 +231,11 @@ class _Run:
 
     def _finished(self, action: str, source_done: bool) -> tuple[bool, str]:
         """Is the sentence over, and what does the decision really become?"""
-        if len(self.target_ids) >= self.limit:
-            return True, action
+        limit = limit_reached(
+            len(self.target_ids), len(self.source_ids), source_done, self.d.max_target_tokens
+        )
+        if limit != "go":  # at the limit: read on while there is source left
+            return limit == "stop", READ
         if action == WRITE and self.header_done and self._peek()[0] == self.d.template.stop_id:
             if source_done and self.d.record_logprobs:
                 self.step_logprobs.append(torch.log_softmax(self._flush(), dim=-1))

@@ -148,3 +148,27 @@ def test_unknown_mode_is_rejected(tiny_llama):
     model, _, template = tiny_llama
     with pytest.raises(ValueError, match="mode"):
         ReferenceDecoder(model, template, mode="bogus")
+
+
+def test_without_a_cap_the_limit_counts_the_source_read(tiny_llama):
+    """The target length limit is twice the source tokens *read* + 16: a translation
+    that reaches it with source unread reads on (whatever the policy says), and one
+    that reaches it with the whole source read stops there."""
+    model, _, template = tiny_llama
+    long_target = " ".join([TARGET] * 6)  # far more than the limit allows
+    result = ReferenceDecoder(model, template, slot_len=4).translate(
+        SOURCE, "read-1/write-20", force_target=long_target
+    )
+    events = [event for event in result.events if event[0] != "F"]
+    read = target = forced = 0
+    for (kind, count), after in zip(events, [*events[1:], None], strict=True):
+        read += count if kind == "R" else 0
+        target += count if kind == "W" else 0
+        assert target <= 2 * read + 16
+        if kind == "W" and target == 2 * read + 16 and after is not None:
+            assert after[0] == "R"  # the policy wanted 20 words: the limit made it read
+            forced += 1
+    source_tokens = sum(len(w) for w in template.words_ids(SOURCE))
+    assert read == source_tokens
+    assert len(result.target_ids) == 2 * source_tokens + 16
+    assert forced >= 2

@@ -13,6 +13,7 @@ import pytest
 
 from vllm_exposst import models
 from vllm_exposst.engine import SessionConfig, SessionError, SessionRejected, SimulEngine
+from vllm_exposst.layout import READ, WRITE
 from vllm_exposst.models import ENGLISH_WORDS
 from vllm_exposst.prompts import build_prompt
 from vllm_exposst.reference import ReferenceDecoder
@@ -407,6 +408,52 @@ def test_word_by_word_driving_with_wait_idle(served, engine_loop):
     seen, result = engine_loop.run(drive())
     assert all(read == pushed for read, pushed in seen if pushed is not None)
     assert_matches_reference(model, template_for(tokenizer, config), (source, config), result)
+
+
+def ran_ahead_of_the_source(events) -> bool:
+    """Did a decode reach the target length limit (twice the source read + 16) with
+    source still unread, so that the limit, not the policy, made it read?"""
+    read = target = 0
+    for kind, count in events:
+        if kind == READ:
+            read += count
+        elif kind == WRITE:
+            target += count
+            if target >= 2 * read + 16:
+                return True
+    return False
+
+
+def test_a_slow_speaker_gets_the_translation_the_whole_source_gets(served, engine_loop):
+    """Without a cap the target length limit counts the source read, not the source
+    received: a speaker who sends one word and waits for its translation each time
+    (the translation running ahead of them) gets exactly what the reference decoder,
+    which holds the whole sentence, writes, and the sentence does not end early."""
+    _, engine, model, tokenizer, _ = served
+    rng = random.Random(11)
+    batch = [
+        (random_sentence(rng, ENGLISH_WORDS, 8, 14), SessionConfig(policy=p, slot_len=3))
+        for p in ["wait-1", "wait-1", "wait-2", "token-wait-1", "adaptive-0.05", "wait-1"]
+    ]
+
+    async def drive(source: str, config: SessionConfig):
+        session = await engine.open(config)
+        for word in source.split():
+            await session.push(word + " ")
+            await session.wait_idle()
+            assert not session.ended, "the sentence ended before its source did"
+        await session.finish()
+        result = await session.result()
+        await session.close()
+        return result
+
+    template = template_for(tokenizer, batch[0][1])
+    limited = 0
+    for job in batch:
+        result = engine_loop.run(drive(*job))
+        assert_matches_reference(model, template, job, result)
+        limited += ran_ahead_of_the_source(reference(model, template, *job).events)
+    assert limited >= 2  # the limit made these decodes read, in the oracle's own events
 
 
 def test_pieces_join_to_the_reference_text_without_half_characters(served, engine_loop):

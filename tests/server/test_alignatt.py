@@ -281,13 +281,6 @@ def test_past_max_speakers_a_client_is_told_busy(server):
     assert server.all_free()["speakers"] == 0
 
 
-@pytest.mark.xfail(
-    reason="known engine limit: the default target limit (2 x source + 16) follows the "
-    "source received so far, so a sentence whose translation runs ahead of its speaker "
-    "ends early (end target_limit; here a rollover) where the reference decoder, which "
-    "knows the whole source, goes on; the random model writes long",
-    strict=False,
-)
 def test_updates_with_several_new_words_are_answered(server, oracle):  # noqa: F811
     """A client behind the speaker sends the words said since its last update at once
     (eval/capacity_alignatt.py does): every update is answered, the final as the reference

@@ -20,7 +20,7 @@ import math
 import time
 from typing import Any, Protocol
 
-from ..defaults import CACHE_KEEPING_MODES, OFFLINE, target_token_limit
+from ..defaults import CACHE_KEEPING_MODES, OFFLINE, limit_reached, target_token_limit
 from ..layout import READ, WRITE, make_allocator
 from ..policies import Offline, Policy, PolicyState
 from ..prompts import PromptTemplate, finished_text, word_delays, word_starts
@@ -92,8 +92,12 @@ class SessionDecoder:
         )
         return "exposst-" + hashlib.sha1(key.encode()).hexdigest()[:16]
 
-    def _limit(self) -> int:
-        return target_token_limit(self.s.source.tokens(), self.s.config.max_target_tokens)
+    def _limit(self, more_source: int = 0) -> int:
+        """The target length limit by the source read so far (and ``more_source``
+        tokens more): the policy, not the speaker's pace, decides it (defaults.py)."""
+        return target_token_limit(
+            len(self.source_ids) + more_source, self.s.config.max_target_tokens
+        )
 
     async def _send(self, decode: int, plan: ReadPlan | None = None, **turn: Any) -> Sampled:
         """Send the buffer as a chunk and run one turn (the model is asked for a token).
@@ -235,10 +239,7 @@ class SessionDecoder:
         stop token (then kept in ``pending``).
         """
         config, stop = self.s.config, self.s.template.stop_id
-        room = self._limit() - len(self.target_ids)
-        left = self.queued.read.room_left(self.queued.kept) if self.queued else None
-        if left is not None:  # this turn's chunk went ahead with its READ: the budget is
-            room = left  # the one it was queued with, though more source may have arrived
+        room = self._limit() - len(self.target_ids)  # a queued READ's chunk has the same
         carried: Sampled = []
         turn: dict[str, Any] = {}
         if not self.header_done:
@@ -260,7 +261,9 @@ class SessionDecoder:
             (reads := reads_ahead(self.policy, self.s.source, read, written + count)) is not None
         ):
             after = self._planned_words(reads, written + count, self.s.source.done(reads))
-            plan = ReadPlan(count, carried, allocated, read, reads, after, room)
+            fed = sum(len(unit) for unit in self.s.source.units[read:reads])
+            growth = self._limit(fed) - self._limit()  # what the READ adds to the limit
+            plan = ReadPlan(count, carried, allocated, read, reads, after, room, growth)
         words = {"carried": len(carried), "max_word_tokens": config.max_word_tokens}
         if count is not None:
             words["words"] = count
@@ -344,13 +347,23 @@ class SessionDecoder:
     async def run(self) -> SessionResult:
         t, source = self.s.template, self.s.source
         read = written = 0
-        while len(self.target_ids) < self._limit():
+        while True:
             source_done = source.done(read)
             confidence = None
             if self.policy.needs_confidence and self.header_done and not source_done:
                 confidence = math.exp((await self._peek())[1])
             action = self.policy.decide(PolicyState(read, written, source_done, confidence))
-            if action == WRITE and self.pending is not None and self.pending[0] == t.stop_id:
+            limit = limit_reached(
+                len(self.target_ids),
+                len(self.source_ids),
+                source_done,
+                self.s.config.max_target_tokens,
+            )
+            if limit == "stop":
+                break
+            if limit == "read":  # the translation ran ahead of the source: read on
+                action = READ
+            elif action == WRITE and self.pending is not None and self.pending[0] == t.stop_id:
                 if source_done:
                     break
                 action = READ

@@ -25,6 +25,7 @@ class ReadPlan:
     reads: int  # ... and the end of them (units ``read .. reads - 1``)
     count: int | None  # words the turn after the READ writes (None: the tail)
     room: int  # target tokens left before the turn
+    growth: int = 0  # target tokens the READ adds to the length limit (defaults.py)
 
 
 @dataclass
@@ -73,7 +74,8 @@ def queue_chunk(
     if plan.room - plan.words * max_word_tokens < 1:
         return None
     cap = None if plan.count is None else plan.count * max_word_tokens
-    after = min(plan.room, plan.room if cap is None else cap) + 1  # the most it can be
+    room_after = plan.room + plan.growth  # before the turn's own tokens
+    after = min(room_after, room_after if cap is None else cap) + 1  # the most it can be
     copy = int(isinstance(allocator, ExposstAllocator) and allocator.refeed_rule)
     fed = sum(len(unit) for unit in units) + copy
     if max_tokens > model_room or model_room - (max_tokens - 1) - fed < after:
@@ -85,6 +87,7 @@ def queue_chunk(
         reads=[len(unit) for unit in units],
         allocator=allocator.state() if allocator is not None else None,
         room=plan.room,
+        growth=plan.growth,
         word_cap=cap,
     )
     words = {"carried": 0, "max_word_tokens": max_word_tokens}
