@@ -306,3 +306,83 @@ def test_updates_with_several_new_words_are_answered(server, oracle):  # noqa: F
 
     finals = asyncio.run(asyncio.wait_for(scenario(), 120))
     assert finals == [oracle(s).text.strip() for s in sentences]
+
+
+def test_a_binary_frame_that_is_not_utf8_is_refused_and_the_connection_goes_on(
+    server,
+    oracle,  # noqa: F811
+):
+    async def scenario():
+        async with websockets.connect(server.alignatt_url) as ws:
+            assert (await exchange(ws, INIT))["type"] == "init_ok"
+            await ws.send(b"\xff\xfe{")
+            refused = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            utf8 = json.dumps(update(1, ["a", "man", "walks."], final=True)).encode()
+            await ws.send(utf8)  # a binary frame of UTF-8 text is a message
+            done = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            return refused, done
+
+    refused, done = asyncio.run(scenario())
+    assert refused["type"] == "error" and refused["code"] == "bad_protocol"
+    assert "UTF-8" in refused["message"]
+    assert done["final"] and done["committed_text"] == oracle("a man walks.").text.strip()
+
+
+CUT = 5  # max_sentence_words of the rollover server
+
+
+@pytest.fixture(scope="module")
+def short_server(tmp_path_factory, model_cache):
+    """The same server with sentences cut at ``CUT`` words (the protocol's rollover)."""
+    base = models.tiny_model("llama", model_cache)
+    log = tmp_path_factory.mktemp("alignatt-cut") / "serve.log"
+    srv = TalkServer(
+        base, log, None, "--no-enable-prefix-caching", options={"max_sentence_words": CUT}
+    )
+    srv.alignatt_url = srv.ws_url.replace("/realtime", "/alignatt")
+    yield srv
+    srv.stop()
+
+
+def test_rollovers_answer_the_words_before_the_cut_and_a_final_holds_every_sentence(
+    short_server,
+    oracle,  # noqa: F811
+):
+    """A partial update past ``max_sentence_words`` is answered ``final`` (stop_reason
+    rollover) with the sentence up to the cut, covering those words; the words past the
+    cut open the next utterance's sentence. A final update that long is answered once,
+    with every sentence it ended, and covers all its words."""
+    rng = random.Random(29)
+    first = sentence_text(rng, low=8, high=8).split()  # rolls over at CUT, carries 3
+    second = sentence_text(rng, low=2, high=2).split()
+    long_final = sentence_text(rng, low=12, high=12).split()  # CUT + CUT + 2 words
+
+    def message(seq: int, utterance: int, words: list[str], final: bool = False) -> dict:
+        return {**update(seq, words, final=final), "utterance_id": utterance}
+
+    async def scenario():
+        async with websockets.connect(short_server.alignatt_url) as ws:
+            assert (await exchange(ws, INIT))["type"] == "init_ok"
+            rolled = await exchange(ws, message(1, 0, first))
+            # the client drops its utterance and starts the next with new words only
+            next_final = await exchange(ws, message(2, 1, second, final=True))
+            one_final = await exchange(ws, message(3, 2, long_final, final=True))
+            return rolled, next_final, one_final
+
+    rolled, next_final, one_final = asyncio.run(scenario())
+
+    def reference(words: list[str]) -> str:
+        return oracle(" ".join(words)).text.strip()
+
+    assert rolled["final"] and rolled["stop_reason"] == "rollover"
+    assert rolled["committed_text"] == reference(first[:CUT])
+    assert rolled["covered_source_units"] == CUT
+    carried = first[CUT:] + second  # 3 + 2 words: one sentence
+    assert next_final["final"] and next_final["stop_reason"] == "final"
+    assert next_final["committed_text"] == reference(carried)
+    assert next_final["covered_source_units"] == len(second)
+    parts = [long_final[:CUT], long_final[CUT : 2 * CUT], long_final[2 * CUT :]]
+    assert one_final["final"] and one_final["stop_reason"] == "final"
+    assert one_final["committed_text"] == " ".join(reference(p) for p in parts)
+    assert one_final["covered_source_units"] == len(long_final)
+    assert short_server.all_free()["open_sessions"] == 0

@@ -38,7 +38,12 @@ class TalkServer:
     """``vllm serve`` with a short idle timeout (the pause tests wait past it)."""
 
     def __init__(
-        self, base: Path, log: Path, input_queue_chars: int | None = None, *extra: str
+        self,
+        base: Path,
+        log: Path,
+        input_queue_chars: int | None = None,
+        *extra: str,
+        options: dict | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,6 +56,7 @@ class TalkServer:
                 "max_sessions": 12,
                 "idle_timeout": IDLE_TIMEOUT,
                 **({"input_queue_chars": input_queue_chars} if input_queue_chars else {}),
+                **(options or {}),
             }
         }
         command = serve_command(

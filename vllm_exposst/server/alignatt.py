@@ -46,7 +46,8 @@ from ..engine import SessionResult
 from . import metrics
 from .context import ServerContext
 from .engine_death import engine_died
-from .realtime import BAD_TEXT, refuse_speaker, speakers_full_message
+from .errors import ApiError
+from .realtime import BAD_TEXT, frame_text, refuse_speaker, speakers_full_message
 from .talk import Sentence
 
 PROTOCOL_VERSION = 1
@@ -142,6 +143,7 @@ class AlignAttConnection:
         self.last_shown = ""  # committed_text of the last partial answer
         self.sent_text = ""  # the open sentence's text so far
         self.rolled = False  # the open sentence holds words past a rollover's cut
+        self.carried = 0  # ... this many, from the utterance before (not the client's)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.ws.send_json(event)
@@ -225,27 +227,36 @@ class AlignAttConnection:
         words = update_words(message)
         if utterance != self.utterance_id:
             await self.next_utterance(utterance)
-        new_words, self.taken = words[self.taken :], max(self.taken, len(words))
+        first, new_words = self.taken, words[self.taken :]
+        self.taken = max(self.taken, len(words))
         try:
-            for at, word in enumerate(new_words):
+            finished: list[str] = []  # sentences this update's words ended (rollovers)
+            covered = 0  # of the utterance's words, those in them
+            for at, word in enumerate(new_words, first):
                 result = await self.push(word)
-                if result is not None:  # cut before this word: rollover
-                    await self.answer(seq, final=True, text=result.text, reason="rollover")
-                    for rest in new_words[at + 1 :]:
-                        await self.push(rest)
-                    self.rolled = True
-                    return
-            if is_final:
-                text = (await self.finish()).text if self.sentence is not None else ""
-                await self.answer(seq, final=True, text=text, reason="final")
-                self.utterance_id, self.taken = None, 0
+                if result is not None:  # cut before this word
+                    finished.append(result.text)
+                    covered, self.carried = at, 0
+            if is_final:  # the utterance's final holds every sentence it ended
+                if self.sentence is not None:
+                    finished.append((await self.finish()).text)
+                text = " ".join(t for t in finished if t)
+                await self.answer(seq, final=True, text=text, covered=len(words), reason="final")
+                self.utterance_id, self.taken, self.carried = None, 0, 0
+            elif finished:  # rollover: the words past the cut start the next utterance
+                text = " ".join(t for t in finished if t)
+                await self.answer(seq, final=True, text=text, covered=covered, reason="rollover")
+                self.rolled = True
+                self.carried = len(self.sentence.words) if self.sentence else 0
             else:
-                await self.answer(seq, final=False, text=await self.written(), reason="waiting")
+                held = len(self.sentence.words) - self.carried if self.sentence else 0
+                text = await self.written()
+                await self.answer(seq, final=False, text=text, covered=held, reason="waiting")
         except ProtocolError:
             raise
         except Exception as exc:  # the session failed: drop it, keep what was shown
             await self.drop_sentence()
-            self.taken = 0  # the next update's words start a new session
+            self.taken, self.carried = 0, 0  # the next update's words start a new session
             raise ProtocolError("processing_failed", f"{type(exc).__name__}: {exc}") from None
 
     async def next_utterance(self, utterance: int) -> None:
@@ -336,7 +347,8 @@ class AlignAttConnection:
                 }
             )
 
-    async def answer(self, seq: int, *, final: bool, text: str, reason: str) -> None:
+    async def answer(self, seq: int, *, final: bool, text: str, covered: int, reason: str) -> None:
+        """The ``translation`` message; ``covered``: the utterance's words it translates."""
         committed = shown_text(self.prefix, text)
         previous = self.last_shown
         delta = committed[len(previous) :] if committed.startswith(previous) else committed
@@ -352,7 +364,7 @@ class AlignAttConnection:
                 "committed_text": committed,
                 "committed_delta": delta,
                 "buffer_text": "",
-                "covered_source_units": len(self.sentence.words) if self.sentence else 0,
+                "covered_source_units": covered,
                 "stop_reason": reason,
             }
         )
@@ -420,12 +432,11 @@ async def alignatt(websocket: WebSocket, context: ServerContext) -> None:
             await connection.engine_died()
             return
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:
-                text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+            try:
+                text = frame_text(await websocket.receive())
+            except ApiError as err:  # a binary frame that is not UTF-8
+                await connection.send(ProtocolError("bad_protocol", err.message).event())
+                continue
             await handle(connection, text)
     except WebSocketDisconnect:
         pass
