@@ -46,16 +46,27 @@ def write_simulstream(path: Path, hyps: list[Hypothesis], rate: float) -> Path:
     seconds since the sentence opened, so simulstream's computation-aware delay is our
     ``elapsed`` divided by the rate.
     """
-    lines = []
-    for hyp in hyps:
-        lines.append({"id": hyp.index, "metadata": {"wav_name": f"{hyp.index}.wav"}})
-        words = hyp.prediction.split()
-        for word, delay, seconds in zip(words, hyp.delays, hyp.elapsed, strict=True):
+    recordings = [
+        (h.index, f"{h.index}.wav", h.prediction.split(), h.delays, h.elapsed) for h in hyps
+    ]
+    return write_simulstream_log(path, recordings, rate)
+
+
+def write_simulstream_log(
+    path: Path, recordings: list[tuple[int, str, list[str], list[int], list[float]]], rate: float
+) -> Path:
+    """simulstream's metrics log and eval config for ``recordings``: per recording its
+    id and name, target words, source words read when each was written and seconds of
+    computation behind each (one output line per word, delays in seconds at ``rate``)."""
+    lines: list[dict[str, Any]] = []
+    for number, name, words, delays, seconds in recordings:
+        lines.append({"id": number, "metadata": {"wav_name": name}})
+        for word, delay, spent in zip(words, delays, seconds, strict=True):
             lines.append(
                 {
-                    "id": hyp.index,
+                    "id": number,
                     "total_audio_processed": delay / rate,
-                    "computation_time": seconds,
+                    "computation_time": spent,
                     "generated_tokens": [word],
                     "deleted_tokens": [],
                 }

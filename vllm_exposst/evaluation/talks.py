@@ -30,6 +30,7 @@ from typing import Any
 
 from ..segmentation import segment
 from .data import Pair, read_lines
+from .logs import write_simulstream_log
 from .metrics import Hypothesis, quality_scores
 from .runner import RunSettings, RunSpec, run_spec
 
@@ -153,26 +154,11 @@ def write_talk_files(folder: Path, hyps: list[TalkHypothesis], rate: float) -> d
         "".join(f"- {json.dumps(s)}\n" for s in segments), encoding="utf-8"
     )  # JSON objects are YAML flow mappings
     paths["references"].write_text("".join(r + "\n" for r in references), encoding="utf-8")
-    lines: list[dict[str, Any]] = []
-    for number, hyp in enumerate(hyps):
-        lines.append({"id": number, "metadata": {"wav_name": hyp.talk.name}})
-        words = hyp.prediction.split()
-        for word, delay, seconds in zip(words, hyp.delays(), hyp.elapsed(), strict=True):
-            lines.append(
-                {
-                    "id": number,
-                    "total_audio_processed": delay / rate,
-                    "computation_time": seconds,
-                    "generated_tokens": [word],
-                    "deleted_tokens": [],
-                }
-            )
-    paths["simulstream"].write_text(
-        "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8"
-    )
-    from .logs import SIMULSTREAM_CONFIG
-
-    paths["simulstream"].with_suffix(".yaml").write_text(SIMULSTREAM_CONFIG)
+    recordings = [
+        (number, h.talk.name, h.prediction.split(), h.delays(), h.elapsed())
+        for number, h in enumerate(hyps)
+    ]
+    write_simulstream_log(paths["simulstream"], recordings, rate)
     with paths["sentences"].open("w", encoding="utf-8") as f:
         for hyp in hyps:
             for h, offset, end in zip(hyp.sentences, hyp.offsets, hyp.ends, strict=True):
